@@ -1,0 +1,3 @@
+from radlens.cli import main
+
+main()

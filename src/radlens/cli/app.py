@@ -1,0 +1,104 @@
+"""The ``radlens`` Typer app: global options, error handling, and the command groups.
+
+Each command group lives in its own module under ``radlens.cli`` and exposes ``register(app)``;
+:data:`_COMMAND_MODULES` lists them. Errors follow one rule: a user-fixable problem
+(:class:`radlens.core.InputError`, a bad option) prints one line on stderr and exits 2; anything
+else prints one line and exits 1; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+
+import typer
+from typer.main import get_command
+
+from radlens import __version__
+from radlens.core import RadlensError, set_quiet
+from radlens.core.progress import stderr_console
+
+_COMMAND_MODULES = (
+    "radlens.cli.info_cmd",
+    "radlens.cli.phantom_cmd",
+    "radlens.cli.data_cmd",
+    "radlens.cli.label_cmd",
+)
+
+app = typer.Typer(
+    name="radlens",
+    help="Vision-language and generative models for radiology, with explanations that can be checked. "
+    "Research use only — not for diagnosis.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_debug = {"on": False}
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"radlens {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Hide progress bars and informational output."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    """radlens: retrieval, report generation, image generation and explainability for chest X-rays."""
+    set_quiet(quiet)
+    _debug["on"] = debug
+
+
+for _module_name in _COMMAND_MODULES:
+    importlib.import_module(_module_name).register(app)
+
+
+def _error(message: str) -> None:
+    stderr_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return (and, as a script, exit with) its exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    command = get_command(app)
+    try:
+        result = command.main(args=args, prog_name="radlens", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.Abort:
+        _error("interrupted")
+        code = 130
+    except typer.TyperException as exc:  # bad usage: unknown option, missing argument, bad value
+        # Typer vendors click; its usage errors derive from TyperException and carry these attributes.
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        _error(message.replace("\n", " ") + hint)
+        code = int(getattr(exc, "exit_code", 2))
+    except RadlensError as exc:
+        if debug:
+            traceback.print_exc()
+        _error(exc.one_line())
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        _error("interrupted; partial outputs were removed")
+        code = 130
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        _error(f"internal error: {exc.__class__.__name__}: {exc} (rerun with --debug for the traceback)")
+        code = 1
+    if argv is None:
+        sys.exit(code)
+    return code

@@ -1,0 +1,83 @@
+"""Atomic output: nothing half-written is ever left where a user would find it.
+
+Files are written to a temporary sibling and renamed into place; folders are built under a temporary
+sibling and renamed when complete. An interrupted run leaves the old output (or nothing) behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from radlens.core.errors import InputError
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    return target
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def prepare_output_dir(path: str | os.PathLike[str], overwrite: bool) -> Path:
+    """Check that ``path`` can become an output folder, without creating it.
+
+    Raises :class:`InputError` when it exists and is not empty (unless ``overwrite``), is a file,
+    or its parent cannot be written.
+    """
+    target = Path(path)
+    if target.exists():
+        if not target.is_dir():
+            raise InputError(f"output path {target} is a file", "choose a folder path for --out")
+        if any(target.iterdir()) and not overwrite:
+            raise InputError(
+                f"output folder {target} is not empty", "choose an empty folder or pass --overwrite"
+            )
+    parent = target.resolve().parent
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write to {probe}", "choose an output folder you can write to")
+    return target
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder that replaces ``path`` only when the ``with`` block succeeds.
+
+    On any exception (including Ctrl-C) the temporary folder is removed and ``path`` is untouched.
+    """
+    target = prepare_output_dir(path, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        os.replace(target, trash / target.name)
+        os.replace(tmp, target)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
