@@ -18,6 +18,9 @@ class RadlensError(Exception):
         self.message = message
         self.hint = hint
 
+    def __str__(self) -> str:
+        return self.one_line()
+
     def one_line(self) -> str:
         """The message and the hint joined on one line, as the CLI prints them."""
         text = self.message.rstrip(".")
