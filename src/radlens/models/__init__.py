@@ -1,1 +1,72 @@
-"""radlens.models."""
+"""radlens.models: image and text towers, the CLIP-style dual encoder, the ViLT-style fusion model and
+the checkpoint convention (``config.json`` + ``model.safetensors``). See docs/models.md."""
+
+from radlens.models.checkpoint import (
+    CheckpointInfo,
+    load_checkpoint,
+    model_fingerprint,
+    read_checkpoint_info,
+    register_model,
+    registered_model_types,
+    save_checkpoint,
+)
+from radlens.models.dual_encoder import DualEncoder, DualEncoderConfig, DualEncoderOutput, contrastive_loss
+from radlens.models.fusion import FusionConfig, FusionModel, FusionOutput, itm_loss, mask_tokens, mlm_loss
+from radlens.models.image_towers import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EfficientNetLite0Tower,
+    ImageTower,
+    ImageTowerConfig,
+    SmallCNNTower,
+    SmallViTTower,
+    TowerOutput,
+    build_image_tower,
+)
+from radlens.models.text_towers import (
+    MiniLMTextTower,
+    SmallBertTextTower,
+    TextOutput,
+    TextTower,
+    TextTowerConfig,
+    Tokenizer,
+    build_text_tower,
+    load_tokenizer,
+)
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "CheckpointInfo",
+    "DualEncoder",
+    "DualEncoderConfig",
+    "DualEncoderOutput",
+    "EfficientNetLite0Tower",
+    "FusionConfig",
+    "FusionModel",
+    "FusionOutput",
+    "ImageTower",
+    "ImageTowerConfig",
+    "MiniLMTextTower",
+    "SmallBertTextTower",
+    "SmallCNNTower",
+    "SmallViTTower",
+    "TextOutput",
+    "TextTower",
+    "TextTowerConfig",
+    "Tokenizer",
+    "TowerOutput",
+    "build_image_tower",
+    "build_text_tower",
+    "contrastive_loss",
+    "itm_loss",
+    "load_checkpoint",
+    "load_tokenizer",
+    "mask_tokens",
+    "mlm_loss",
+    "model_fingerprint",
+    "read_checkpoint_info",
+    "register_model",
+    "registered_model_types",
+    "save_checkpoint",
+]

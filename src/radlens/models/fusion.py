@@ -1,0 +1,369 @@
+"""ViLT-style fusion model: one transformer over text tokens and image patches, with ITM and MLM heads.
+
+The input sequence is ``[CLS] text tokens [SEP] (padding) [IMG] patch_1 … patch_N``: text embeddings
+come from BERT's word + position + segment tables, image patches from a linear patch projection (ViLT)
+or from a CNN tower's feature-map cells, each plus a learned grid position embedding (bilinearly
+interpolated when the grid size changes) and ``[IMG]`` is ViLT's image CLS token. A modality
+(token-type) embedding marks which tokens are text and which image.
+
+The transformer, its embeddings and the pooler are ``transformers.ViltModel``, used as a library: that
+makes :meth:`FusionModel.from_vilt` load a Hugging Face ViLT checkpoint exactly, and its eager attention
+returns every layer's attention probabilities (for attention rollout). radlens builds the image tokens
+itself and passes them as ``image_embeds``: ViltModel's own patch path shuffles the patch order at
+random, which would scramble attention maps.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Self
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+from transformers import ViltConfig, ViltForMaskedLM, ViltModel
+from transformers.models.vilt.modeling_vilt import ViltMLMHead
+
+from radlens.core import Config, InputError
+from radlens.models.checkpoint import register_model
+from radlens.models.image_towers import ImageTowerConfig, build_image_tower, interpolate_grid_embeddings
+from radlens.models.text_towers import MAX_POSITIONS, Tokenizer, load_tokenizer, quiet_transformers
+
+IGNORE_INDEX = -100
+
+
+class FusionConfig(Config):
+    """Size of the fusion transformer and where its image tokens come from.
+
+    ``image_source``: ``patch`` (ViLT's linear projection of ``patch_size`` patches) or a CNN tower whose
+    feature-map cells become tokens (``pretrained`` loads ImageNet weights into ``efficientnet_lite0``).
+    Position embeddings are learned on an ``image_size // patch_size`` grid; for CNN sources keep
+    ``patch_size`` at the CNN's stride (32) so no interpolation is needed. ``max_text_length`` sizes the
+    text position table (at most 512). Pixels in [0, 1] are normalised with ``pixel_mean``/``pixel_std``
+    in patch mode (ViLT uses 0.5/0.5); CNN towers normalise themselves.
+    """
+
+    hidden_size: int = Field(256, ge=8)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(1024, ge=8)
+    hidden_act: str = "gelu"
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    attention_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    qkv_bias: bool = True
+    max_text_length: int = Field(128, ge=2, le=MAX_POSITIONS)
+    image_size: int = Field(224, ge=8)
+    patch_size: int = Field(32, ge=1)
+    in_channels: Literal[1, 3] = 3
+    pixel_mean: float = 0.5
+    pixel_std: float = 0.5
+    image_source: Literal["patch", "small_cnn", "efficientnet_lite0"] = "patch"
+    pretrained: bool = False
+    trainable_image_stages: int | None = Field(None, ge=0)
+    cnn_width: int = 128
+    cnn_depth: int = 4
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.hidden_size % self.num_heads:
+            raise ValueError("hidden_size must be divisible by num_heads")
+        if self.image_size < self.patch_size:
+            raise ValueError("image_size must be at least patch_size")
+        if self.pretrained and self.image_source != "efficientnet_lite0":
+            raise ValueError("pretrained applies to image_source efficientnet_lite0 only")
+        return self
+
+    def vilt_config(self, vocab_size: int, pad_token_id: int) -> ViltConfig:
+        """The ``transformers.ViltConfig`` of the underlying transformer."""
+        return ViltConfig(
+            vocab_size=vocab_size,
+            type_vocab_size=2,
+            modality_type_vocab_size=2,
+            max_position_embeddings=self.max_text_length,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            intermediate_size=self.intermediate_size,
+            hidden_act=self.hidden_act,
+            hidden_dropout_prob=self.dropout,
+            attention_probs_dropout_prob=self.attention_dropout,
+            initializer_range=self.initializer_range,
+            layer_norm_eps=self.layer_norm_eps,
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            num_channels=self.in_channels,
+            qkv_bias=self.qkv_bias,
+            max_image_length=-1,
+            pad_token_id=pad_token_id,
+        )
+
+
+@dataclass
+class FusionOutput:
+    """What :class:`FusionModel` returns.
+
+    ``itm_logits``: B×2 (not related, related). ``mlm_logits``: B×L×V over the text positions (``None``
+    when not asked for). ``attentions``: one B×H×T×T tensor per layer, T = ``text_len`` + 1 + h·w,
+    with the image CLS at ``text_len`` and the patches (row-major over ``image_grid``) from
+    ``image_start``. ``last_hidden_state``: B×T×D after the final LayerNorm.
+    """
+
+    itm_logits: torch.Tensor
+    mlm_logits: torch.Tensor | None
+    attentions: list[torch.Tensor]
+    text_len: int
+    image_grid: tuple[int, int]
+    last_hidden_state: torch.Tensor
+
+    @property
+    def image_start(self) -> int:
+        """Index of the first image patch token in the sequence."""
+        return self.text_len + 1
+
+
+@register_model("fusion")
+class FusionModel(nn.Module):
+    """ViLT-style single-stream transformer with an image-text matching head and a tied MLM head."""
+
+    config_class = FusionConfig
+    pixel_mean: torch.Tensor
+    pixel_std: torch.Tensor
+
+    def __init__(self, config: FusionConfig, load_pretrained: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer: Tokenizer = load_tokenizer()
+        vilt_config = config.vilt_config(self.tokenizer.vocab_size, self.tokenizer.pad_token_id)
+        self.vilt = ViltModel(vilt_config)
+        embeddings = self.vilt.embeddings
+        if config.image_source == "patch":
+            self.image_tower = None
+            self.feature_projection = None
+        else:
+            tower_config = ImageTowerConfig(
+                name=config.image_source,
+                pretrained=config.pretrained,
+                in_channels=3 if config.image_source == "efficientnet_lite0" else config.in_channels,
+                width=config.cnn_width,
+                depth=config.cnn_depth,
+            )
+            self.image_tower = build_image_tower(tower_config, load_pretrained=load_pretrained)
+            self.image_tower.freeze(config.trainable_image_stages)
+            self.feature_projection = nn.Linear(self.image_tower.out_dim, config.hidden_size)
+            # CNN cells replace the linear patch projection, which would otherwise sit unused.
+            embeddings.patch_embeddings = nn.Identity()  # type: ignore[assignment]
+        self.register_buffer(
+            "pixel_mean", torch.full((1, config.in_channels, 1, 1), config.pixel_mean), persistent=False
+        )
+        self.register_buffer(
+            "pixel_std", torch.full((1, config.in_channels, 1, 1), config.pixel_std), persistent=False
+        )
+        self.itm_score = nn.Linear(config.hidden_size, 2)
+        self.mlm_score = ViltMLMHead(vilt_config)
+        self._init_weights()
+        self.mlm_score.decoder.weight = embeddings.text_embeddings.word_embeddings.weight  # tied, as in BERT
+
+    def _init_weights(self) -> None:
+        """Initialise what ``ViltModel`` leaves at zero or PyTorch's defaults: ViT-style truncated normal
+        position embeddings and image CLS (zeros would make identical patches indistinguishable at
+        the start) and normal(0, initializer_range) heads, as BERT does."""
+        std = self.config.initializer_range
+        embeddings = self.vilt.embeddings
+        nn.init.trunc_normal_(embeddings.position_embeddings, std=std, a=-2 * std, b=2 * std)
+        nn.init.trunc_normal_(embeddings.cls_token, std=std, a=-2 * std, b=2 * std)
+        modules: list[nn.Module] = [self.itm_score, self.mlm_score]
+        if self.feature_projection is not None:
+            modules.append(self.feature_projection)
+        for module in modules:
+            for layer in module.modules():
+                if isinstance(layer, nn.Linear):
+                    nn.init.normal_(layer.weight, std=std)
+                    nn.init.zeros_(layer.bias)
+
+    @classmethod
+    def from_vilt(cls, local_dir: str | os.PathLike[str]) -> FusionModel:
+        """Initialise from a local Hugging Face ``ViltForMaskedLM`` folder (config.json + weights).
+
+        The transformer, embeddings, pooler and MLM head are copied exactly; the ITM head (absent from
+        ``ViltForMaskedLM``) starts untrained. Nothing is downloaded.
+        """
+        folder = Path(local_dir)
+        if not (folder / "config.json").is_file():
+            raise InputError(
+                f"{folder} is not a Hugging Face model folder (no config.json)", "pass a ViLT folder"
+            )
+        try:
+            vilt_config = ViltConfig.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"{folder}/config.json is not a ViLT config ({exc.__class__.__name__})") from exc
+        if vilt_config.model_type != "vilt":
+            raise InputError(
+                f"{folder} holds a {vilt_config.model_type} model, not ViLT", "pass a ViLT folder"
+            )
+        vocab_size = load_tokenizer().vocab_size
+        if vilt_config.vocab_size != vocab_size:
+            raise InputError(
+                f"the ViLT vocabulary has {vilt_config.vocab_size} tokens, radlens's WordPiece has {vocab_size}",
+                "use a ViLT checkpoint with the bert-base-uncased vocabulary",
+            )
+        image_size, patch_size = vilt_config.image_size, vilt_config.patch_size
+        if not isinstance(image_size, int) or not isinstance(patch_size, int):
+            raise InputError("only square ViLT image and patch sizes are supported")
+        config = FusionConfig(
+            hidden_size=vilt_config.hidden_size,
+            num_layers=vilt_config.num_hidden_layers,
+            num_heads=vilt_config.num_attention_heads,
+            intermediate_size=vilt_config.intermediate_size,
+            hidden_act=vilt_config.hidden_act,
+            dropout=vilt_config.hidden_dropout_prob,
+            attention_dropout=vilt_config.attention_probs_dropout_prob,
+            layer_norm_eps=vilt_config.layer_norm_eps,
+            initializer_range=vilt_config.initializer_range,
+            qkv_bias=vilt_config.qkv_bias,
+            max_text_length=vilt_config.max_position_embeddings,
+            image_size=image_size,
+            patch_size=patch_size,
+            in_channels=vilt_config.num_channels,
+        )
+        model = cls(config, load_pretrained=False)
+        try:
+            with quiet_transformers():
+                source = ViltForMaskedLM.from_pretrained(str(folder), local_files_only=True)
+        except OSError as exc:
+            raise InputError(
+                f"{folder} has no readable ViLT weights", "save it with save_pretrained"
+            ) from exc
+        model.vilt.load_state_dict(source.vilt.state_dict(), strict=True)
+        model.mlm_score.load_state_dict(source.mlm_score.state_dict(), strict=True)
+        return model
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tokenise with ``max_text_length``; ``truncated`` says which texts were cut."""
+        return self.tokenizer.encode(texts, self.config.max_text_length)
+
+    def _check_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if pixel_values.ndim != 4:
+            raise InputError(f"image batch must be B×C×H×W, got shape {tuple(pixel_values.shape)}")
+        if pixel_values.shape[1] == 1 and self.config.in_channels == 3:
+            pixel_values = pixel_values.expand(-1, 3, -1, -1)
+        if pixel_values.shape[1] != self.config.in_channels:
+            raise InputError(
+                f"image batch has {pixel_values.shape[1]} channels, the model takes {self.config.in_channels}"
+            )
+        return pixel_values
+
+    def embed_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Image tokens ``[IMG] patch_1 … patch_N`` with position embeddings (B×(1+N)×D) and the grid."""
+        embeddings = self.vilt.embeddings
+        if self.image_tower is None:
+            x = (self._check_pixels(pixel_values) - self.pixel_mean) / self.pixel_std
+            patches = embeddings.patch_embeddings.projection(x)
+            grid = (int(patches.shape[2]), int(patches.shape[3]))
+            tokens = patches.flatten(2).transpose(1, 2)
+        else:
+            assert self.feature_projection is not None
+            tower_out = self.image_tower(pixel_values)
+            grid = tower_out.grid
+            tokens = self.feature_projection(tower_out.patch_tokens())
+        positions = embeddings.position_embeddings
+        tokens = tokens + interpolate_grid_embeddings(positions[:, 1:], grid)
+        cls_token = (embeddings.cls_token + positions[:, :1]).expand(tokens.shape[0], -1, -1)
+        return embeddings.dropout(torch.cat([cls_token, tokens], dim=1)), grid
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        output_attentions: bool = True,
+        compute_mlm: bool = True,
+    ) -> FusionOutput:
+        """Run the fusion transformer over (text, image) pairs; pixels are B×C×H×W in [0, 1]."""
+        if input_ids.shape[0] != pixel_values.shape[0]:
+            raise InputError(
+                f"{input_ids.shape[0]} texts but {pixel_values.shape[0]} images in one batch",
+                "pass one image per text",
+            )
+        if input_ids.shape[1] > self.config.max_text_length:
+            raise InputError(
+                f"text batch has {input_ids.shape[1]} tokens, the model takes {self.config.max_text_length}",
+                "tokenise with the model's max_text_length",
+            )
+        image_embeds, grid = self.embed_image(pixel_values)
+        image_mask = torch.ones(
+            image_embeds.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device
+        )
+        out = self.vilt(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            image_embeds=image_embeds,
+            pixel_mask=image_mask,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        text_len = int(input_ids.shape[1])
+        sequence = out.last_hidden_state
+        return FusionOutput(
+            itm_logits=self.itm_score(out.pooler_output),
+            mlm_logits=self.mlm_score(sequence[:, :text_len]) if compute_mlm else None,
+            attentions=list(out.attentions or []),
+            text_len=text_len,
+            image_grid=grid,
+            last_hidden_state=sequence,
+        )
+
+    def itm_probability(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
+    ) -> torch.Tensor:
+        """P(related) for each (text, image) pair (B) — the re-ranking score. Call under no_grad to rank."""
+        out = self(input_ids, attention_mask, pixel_values, output_attentions=False, compute_mlm=False)
+        return out.itm_logits.softmax(dim=-1)[:, 1]
+
+
+def itm_loss(itm_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the ITM head; ``labels`` are 1 for matching pairs, 0 otherwise."""
+    return F.cross_entropy(itm_logits, labels.long().to(itm_logits.device))
+
+
+def mlm_loss(mlm_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over masked positions (``labels`` != -100); 0 when nothing is masked."""
+    labels = labels.to(mlm_logits.device)
+    if not bool((labels != IGNORE_INDEX).any()):
+        return mlm_logits.sum() * 0.0  # keeps the graph connected so a backward pass still works
+    return F.cross_entropy(mlm_logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    tokenizer: Tokenizer,
+    prob: float = 0.15,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masking: pick ``prob`` of the non-special tokens; of those 80% → [MASK], 10% → a random
+    word, 10% unchanged. Returns (masked ids, labels) with labels -100 where nothing is to be predicted.
+
+    Special tokens ([CLS], [SEP], [PAD], ...) are never picked. Random words are drawn from the
+    non-special vocabulary. Sampling runs on the CPU with ``generator`` for reproducibility.
+    """
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"mask probability must be in [0, 1], got {prob}")
+    ids = input_ids.detach().to("cpu", torch.long)
+    special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+    special = torch.isin(ids, special_ids)
+    chosen = (torch.rand(ids.shape, generator=generator) < prob) & ~special
+    labels = torch.where(chosen, ids, torch.full_like(ids, IGNORE_INDEX))
+    draw = torch.rand(ids.shape, generator=generator)
+    to_mask = chosen & (draw < 0.8)
+    to_random = chosen & (draw >= 0.8) & (draw < 0.9)
+    vocabulary = torch.arange(tokenizer.vocab_size)
+    words = vocabulary[~torch.isin(vocabulary, special_ids)]
+    random_words = words[torch.randint(len(words), ids.shape, generator=generator)]
+    masked = torch.where(to_mask, torch.full_like(ids, tokenizer.mask_token_id), ids)
+    masked = torch.where(to_random, random_words, masked)
+    return masked.to(input_ids.device), labels.to(input_ids.device)

@@ -1,0 +1,203 @@
+"""Fusion model: output shapes, attentions for rollout, BERT 80/10/10 masking statistics, ViLT loading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import BertConfig, ViltConfig, ViltForMaskedLM
+
+from radlens.core import InputError
+from radlens.models.fusion import FusionConfig, FusionModel, itm_loss, mask_tokens, mlm_loss
+from radlens.models.text_towers import load_tokenizer
+
+TEXTS = ["small left pleural effusion", "no acute cardiopulmonary process seen today"]
+
+
+def _tiny(**changes: object) -> FusionModel:
+    values: dict[str, object] = {
+        "hidden_size": 32,
+        "num_layers": 2,
+        "num_heads": 2,
+        "intermediate_size": 64,
+        "image_size": 64,
+        "patch_size": 16,
+        "max_text_length": 32,
+    }
+    values.update(changes)
+    return FusionModel(FusionConfig.model_validate(values))
+
+
+def test_output_shapes_and_sequence_layout() -> None:
+    torch.manual_seed(0)
+    model = _tiny().eval()
+    encoded = model.tokenize(TEXTS)
+    out = model(encoded["input_ids"], encoded["attention_mask"], torch.rand(2, 1, 64, 96))
+    length = encoded["input_ids"].shape[1]
+    assert out.itm_logits.shape == (2, 2)
+    assert out.mlm_logits is not None and out.mlm_logits.shape == (2, length, 30522)
+    assert out.text_len == length and out.image_grid == (4, 6) and out.image_start == length + 1
+    total = length + 1 + 4 * 6
+    assert len(out.attentions) == 2 and out.last_hidden_state.shape == (2, total, 32)
+    for attention in out.attentions:
+        assert attention.shape == (2, 2, total, total)
+        torch.testing.assert_close(attention.sum(dim=-1), torch.ones(2, 2, total))
+    # The shorter text is padded: no query may attend to its padding tokens.
+    pad = encoded["attention_mask"][0] == 0
+    assert pad.any() and out.attentions[0][0][..., :length][..., pad].max() < 1e-6
+
+
+def test_itm_probability_and_skipping_mlm() -> None:
+    model = _tiny().eval()
+    encoded = model.tokenize(TEXTS)
+    pixels = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        probability = model.itm_probability(encoded["input_ids"], encoded["attention_mask"], pixels)
+        full = model(encoded["input_ids"], encoded["attention_mask"], pixels)
+    torch.testing.assert_close(probability, full.itm_logits.softmax(-1)[:, 1])
+    lean = model(
+        encoded["input_ids"], encoded["attention_mask"], pixels, output_attentions=False, compute_mlm=False
+    )
+    assert lean.mlm_logits is None and lean.attentions == []
+
+
+def test_cnn_image_source_and_tied_decoder() -> None:
+    model = _tiny(image_source="small_cnn", cnn_width=32, cnn_depth=2, patch_size=8, in_channels=1).eval()
+    encoded = model.tokenize(TEXTS)
+    out = model(encoded["input_ids"], encoded["attention_mask"], torch.rand(2, 1, 64, 64))
+    assert out.image_grid == (8, 8)  # small_cnn with depth 2 has stride 8
+    assert out.attentions[-1].shape[-1] == encoded["input_ids"].shape[1] + 1 + 64
+    word_embeddings = model.vilt.embeddings.text_embeddings.word_embeddings.weight
+    assert model.mlm_score.decoder.weight is word_embeddings
+
+
+def test_position_embeddings_are_interpolated_for_other_grids() -> None:
+    model = _tiny().eval()
+    encoded = model.tokenize(TEXTS[:1])
+    with torch.no_grad():
+        out = model(encoded["input_ids"], encoded["attention_mask"], torch.full((1, 3, 128, 128), 0.5))
+    assert out.image_grid == (8, 8)
+    # Identical patches get different states because their (interpolated) positions differ.
+    patches = out.last_hidden_state[0, out.image_start :]
+    assert not torch.allclose(patches[0], patches[-1])
+
+
+def test_mask_tokens_follows_bert_80_10_10() -> None:
+    tokenizer = load_tokenizer()
+    generator = torch.Generator().manual_seed(0)
+    rows, length = 400, 100
+    ids = torch.randint(1000, 30000, (rows, length), generator=generator)
+    ids[:, 0], ids[:, -1] = tokenizer.hf.cls_token_id, tokenizer.hf.sep_token_id
+    ids[:, 80:-1] = tokenizer.pad_token_id
+    masked, labels = mask_tokens(ids, tokenizer, prob=0.15, generator=generator)
+    special = torch.isin(ids, torch.tensor(tokenizer.all_special_ids))
+    chosen = labels != -100
+    assert not (chosen & special).any() and torch.equal(masked[special], ids[special])
+    assert torch.equal(labels[chosen], ids[chosen]) and torch.equal(masked[~chosen], ids[~chosen])
+    eligible = int((~special).sum())
+    n = int(chosen.sum())
+    assert abs(n / eligible - 0.15) < 4 * (0.15 * 0.85 / eligible) ** 0.5
+    as_mask = (masked[chosen] == tokenizer.mask_token_id).float().mean().item()
+    unchanged = (masked[chosen] == ids[chosen]).float().mean().item()
+    replaced = 1.0 - as_mask - unchanged
+    tolerance = 4 * (0.8 * 0.2 / n) ** 0.5
+    assert abs(as_mask - 0.8) < tolerance
+    assert abs(replaced - 0.1) < tolerance and abs(unchanged - 0.1) < tolerance
+    random_words = masked[chosen & (masked != tokenizer.mask_token_id) & (masked != ids)]
+    assert not torch.isin(random_words, torch.tensor(tokenizer.all_special_ids)).any()
+    again, _ = mask_tokens(ids, tokenizer, generator=torch.Generator().manual_seed(5))
+    same, _ = mask_tokens(ids, tokenizer, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(again, same)
+
+
+def test_losses_match_cross_entropy_and_training_reduces_them() -> None:
+    torch.manual_seed(0)
+    model = _tiny(dropout=0.0, attention_dropout=0.0)
+    tokenizer = model.tokenizer
+    encoded = model.tokenize(TEXTS * 2)
+    pixels = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    masked, labels = mask_tokens(
+        encoded["input_ids"], tokenizer, prob=0.3, generator=torch.Generator().manual_seed(1)
+    )
+    match = torch.tensor([1, 1, 0, 0])
+    out = model(masked, encoded["attention_mask"], pixels)
+    assert out.mlm_logits is not None
+    keep = labels != -100
+    torch.testing.assert_close(
+        mlm_loss(out.mlm_logits, labels), F.cross_entropy(out.mlm_logits[keep], labels[keep])
+    )
+    torch.testing.assert_close(itm_loss(out.itm_logits, match), F.cross_entropy(out.itm_logits, match))
+    nothing = mlm_loss(out.mlm_logits, torch.full_like(labels, -100))
+    assert nothing.item() == 0.0 and nothing.requires_grad
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    history = []
+    for _ in range(15):
+        out = model(masked, encoded["attention_mask"], pixels, output_attentions=False)
+        assert out.mlm_logits is not None
+        losses = itm_loss(out.itm_logits, match), mlm_loss(out.mlm_logits, labels)
+        optimizer.zero_grad()
+        (losses[0] + losses[1]).backward()
+        optimizer.step()
+        history.append([value.item() for value in losses])
+    assert history[-1][0] < 0.5 * history[0][0]  # ITM learns which pairs match
+    assert history[-1][1] < 0.5 * history[0][1]  # MLM learns the masked words
+
+
+def _save_tiny_vilt(folder: Path) -> ViltForMaskedLM:
+    config = ViltConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=64,
+        patch_size=16,
+        max_position_embeddings=40,
+    )
+    torch.manual_seed(0)
+    source = ViltForMaskedLM(config).eval()
+    source.save_pretrained(folder)
+    return source
+
+
+def test_from_vilt_reproduces_the_hugging_face_model(tmp_path: Path) -> None:
+    source = _save_tiny_vilt(tmp_path / "vilt")
+    model = FusionModel.from_vilt(tmp_path / "vilt").eval()
+    assert model.config.hidden_size == 32 and model.config.max_text_length == 40
+    encoded = model.tokenize(TEXTS)
+    pixels = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        # ViLT's processor normalises pixels with mean 0.5, std 0.5; FusionModel takes [0, 1] pixels.
+        expected = source(
+            input_ids=encoded["input_ids"],
+            attention_mask=encoded["attention_mask"],
+            pixel_values=pixels * 2 - 1,
+            output_attentions=True,
+        )
+        ours = model(encoded["input_ids"], encoded["attention_mask"], pixels)
+    assert ours.mlm_logits is not None
+    torch.testing.assert_close(ours.mlm_logits, expected.logits, atol=1e-5, rtol=1e-5)
+    text = encoded["input_ids"].shape[1]
+    # ViLT shuffles its patches, so only the text-to-text block of its attention is comparable.
+    torch.testing.assert_close(
+        ours.attentions[-1][..., :text, :text],
+        expected.attentions[-1][..., :text, :text],
+        atol=1e-5,
+        rtol=1e-5,
+    )
+
+
+def test_from_vilt_refuses_other_folders(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"no config\.json"):
+        FusionModel.from_vilt(tmp_path)
+    (tmp_path / "bert").mkdir()
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path / "bert")
+    with pytest.raises(InputError, match="not ViLT"):
+        FusionModel.from_vilt(tmp_path / "bert")
+    (tmp_path / "small").mkdir()
+    ViltConfig(vocab_size=100).save_pretrained(tmp_path / "small")
+    with pytest.raises(InputError, match="vocabulary"):
+        FusionModel.from_vilt(tmp_path / "small")
+    assert json.loads((tmp_path / "small" / "config.json").read_text())["model_type"] == "vilt"
