@@ -1,5 +1,16 @@
-"""The data layer: one record type, readers for real dataset layouts, report parsing, labelling, loading."""
+"""The data layer: one record type, readers for real dataset layouts, report parsing, labelling, loading.
 
+Readers live in :mod:`radlens.data.readers` (imported on demand: they pull in pandas).
+"""
+
+from radlens.data.labeler import (
+    identical_label_sets,
+    label_report,
+    label_reports,
+    no_positive_in_common,
+    share_positive,
+)
+from radlens.data.reports import DEID_TOKEN, clean_text, parse_report, report_text, split_sentences
 from radlens.data.schema import (
     CHEXPERT_LABELS,
     NEGATIVE,
@@ -18,6 +29,7 @@ from radlens.data.schema import (
 
 __all__ = [
     "CHEXPERT_LABELS",
+    "DEID_TOKEN",
     "NEGATIVE",
     "POSITIVE",
     "SPLITS",
@@ -29,5 +41,14 @@ __all__ = [
     "ReadResult",
     "ReportSections",
     "StudyRecord",
+    "clean_text",
+    "identical_label_sets",
+    "label_report",
+    "label_reports",
+    "no_positive_in_common",
     "normalize_label",
+    "parse_report",
+    "report_text",
+    "share_positive",
+    "split_sentences",
 ]
