@@ -1,8 +1,11 @@
 """The data layer: one record type, readers for real dataset layouts, report parsing, labelling, loading.
 
-Readers live in :mod:`radlens.data.readers` (imported on demand: they pull in pandas).
+Readers live in :mod:`radlens.data.readers` (they pull in pandas); PyTorch datasets, transforms and the
+decoded-image cache in :mod:`radlens.data.dataset`, :mod:`radlens.data.transforms` and
+:mod:`radlens.data.cache` (they pull in torch). Import those by module path.
 """
 
+from radlens.data.images import MAX_PIXELS, MIN_SIDE, ImageDecodeError, load_image, probe_image
 from radlens.data.labeler import (
     identical_label_sets,
     label_report,
@@ -30,11 +33,14 @@ from radlens.data.schema import (
 __all__ = [
     "CHEXPERT_LABELS",
     "DEID_TOKEN",
+    "MAX_PIXELS",
+    "MIN_SIDE",
     "NEGATIVE",
     "POSITIVE",
     "SPLITS",
     "UNCERTAIN",
     "VIEW_POSITIONS",
+    "ImageDecodeError",
     "ImageRecord",
     "LabelValue",
     "Problem",
@@ -45,9 +51,11 @@ __all__ = [
     "identical_label_sets",
     "label_report",
     "label_reports",
+    "load_image",
     "no_positive_in_common",
     "normalize_label",
     "parse_report",
+    "probe_image",
     "report_text",
     "share_positive",
     "split_sentences",

@@ -1,0 +1,203 @@
+"""Decoding: DICOM intensity pipeline against hand-computed values, PNG/JPEG, size policy, bad files."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from radlens.core.errors import InputError
+from radlens.data.images import MAX_PIXELS, ImageDecodeError, load_image, probe_image
+
+
+def write_dicom(path: Path, stored: np.ndarray, bits_stored: int, **attributes: Any) -> Path:
+    """An uncompressed single-frame DICOM file holding ``stored`` (2-D) as its stored pixel values."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 8 if bits_stored <= 8 else 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    signed = bool(attributes.pop("signed", False))
+    ds.PixelRepresentation = int(signed)
+    for name, value in attributes.items():
+        setattr(ds, name, value)
+    dtype = {(8, False): np.uint8, (16, False): np.uint16, (16, True): np.int16}[(ds.BitsAllocated, signed)]
+    ds.PixelData = stored.astype(dtype).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def tile(values: list[int], shape: tuple[int, int] = (8, 10)) -> np.ndarray:
+    """``values`` along the first row, repeated to fill an image of ``shape`` (>= 8 px a side)."""
+    return np.resize(np.array(values, dtype=np.int64), shape)
+
+
+def first_values(image: np.ndarray, count: int) -> np.ndarray:
+    return image.reshape(-1)[:count]
+
+
+@pytest.mark.parametrize(
+    ("bits", "values"), [(8, [0, 51, 255]), (12, [0, 1365, 4095]), (16, [0, 13107, 65535])]
+)
+def test_dicom_bit_depth_scales_by_bits_stored(tmp_path: Path, bits: int, values: list[int]) -> None:
+    path = write_dicom(tmp_path / "a.dcm", tile(values), bits)
+    image = load_image(path)
+    assert image.dtype == np.float32 and image.shape == (8, 10)
+    top = 2**bits - 1  # e.g. a 12-bit image is divided by 4095, not by its own maximum
+    np.testing.assert_allclose(first_values(image, 3), np.array(values) / top, atol=1e-6)
+
+
+def test_dicom_12_bit_without_full_range_is_not_stretched(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "dim.dcm", tile([0, 1000, 2000]), 12)
+    np.testing.assert_allclose(first_values(load_image(path), 3), [0, 1000 / 4095, 2000 / 4095], atol=1e-6)
+
+
+def test_dicom_signed_pixels(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "s.dcm", tile([-32768, 0, 32767]), 16, signed=True)
+    np.testing.assert_allclose(first_values(load_image(path), 3), [0.0, 32768 / 65535, 1.0], atol=1e-6)
+
+
+def test_dicom_rescale_then_linear_window(tmp_path: Path) -> None:
+    # Stored s -> value v = 2 s - 1024 (RescaleSlope 2, RescaleIntercept -1024).
+    # LINEAR window, center 0, width 401 (PS3.3 C.11.2.1.2.1): c' = -0.5, w' = 400;
+    # v <= -200.5 -> 0; v > 199.5 -> 1; else (v + 0.5) / 400 + 0.5.
+    stored = [0, 411, 412, 512, 562, 611, 612, 4095]
+    expected = [0.0, 0.0, 0.00125, 0.50125, 0.75125, 0.99625, 1.0, 1.0]
+    path = write_dicom(
+        tmp_path / "w.dcm",
+        tile(stored),
+        12,
+        RescaleSlope=2,
+        RescaleIntercept=-1024,
+        WindowCenter=0,
+        WindowWidth=401,
+    )
+    np.testing.assert_allclose(first_values(load_image(path), 8), expected, atol=1e-6)
+
+
+def test_dicom_negative_rescale_slope_without_window(tmp_path: Path) -> None:
+    # v = 255 - s over the nominal range [0, 255]: a high stored value is a low (dark) value.
+    path = write_dicom(tmp_path / "n.dcm", tile([0, 51, 255]), 8, RescaleSlope=-1, RescaleIntercept=255)
+    np.testing.assert_allclose(first_values(load_image(path), 3), [1.0, 0.8, 0.0], atol=1e-6)
+
+
+def test_dicom_voi_lut_sequence_wins_over_window(tmp_path: Path) -> None:
+    # LUT descriptor [entries=4, first mapped=10, 16 bits]: s < 10 -> LUT[0]; s >= 13 -> LUT[3].
+    item = Dataset()
+    item.LUTDescriptor = [4, 10, 16]
+    item.add_new(0x00283006, "US", [0, 1000, 30000, 65535])  # LUT Data
+    path = write_dicom(
+        tmp_path / "l.dcm",
+        tile([0, 10, 11, 12, 13, 200]),
+        8,
+        VOILUTSequence=[item],
+        WindowCenter=5,
+        WindowWidth=2,
+    )
+    expected = np.array([0, 0, 1000, 30000, 65535, 65535]) / 65535
+    np.testing.assert_allclose(first_values(load_image(path), 6), expected, atol=1e-6)
+
+
+def test_dicom_monochrome1_is_inverted(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "m1.dcm", tile([0, 51, 255]), 8, PhotometricInterpretation="MONOCHROME1")
+    np.testing.assert_allclose(first_values(load_image(path), 3), [1.0, 0.8, 0.0], atol=1e-6)
+
+
+def test_dicom_probe_reads_rows_and_columns(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "p.dcm", np.zeros((9, 12)), 8)
+    assert probe_image(path) == (9, 12)
+
+
+def test_dicom_too_small_is_refused(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "tiny.dcm", np.zeros((4, 12)), 8)
+    with pytest.raises(ImageDecodeError, match="smaller than 8 px"):
+        probe_image(path)
+    with pytest.raises(ImageDecodeError, match="smaller than 8 px"):
+        load_image(path)
+
+
+def test_png_16_bit(tmp_path: Path) -> None:
+    values = (np.arange(16 * 12).reshape(16, 12) * 300 + 7).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "a.png")
+    image = load_image(tmp_path / "a.png")
+    np.testing.assert_allclose(image, values / 65535, atol=1e-6)
+    assert probe_image(tmp_path / "a.png") == (16, 12)
+
+
+def test_png_8_bit_gray_and_rgb(tmp_path: Path) -> None:
+    gray = np.arange(12 * 9, dtype=np.uint8).reshape(12, 9)
+    Image.fromarray(gray).save(tmp_path / "g.png")
+    np.testing.assert_allclose(load_image(tmp_path / "g.png"), gray / 255, atol=1e-6)
+    rgb = np.zeros((8, 8, 3), dtype=np.uint8)
+    rgb[0, 0] = (255, 0, 0)
+    rgb[0, 1] = (0, 255, 0)
+    rgb[0, 2] = (0, 0, 255)
+    rgb[0, 3] = (255, 255, 255)
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    np.testing.assert_allclose(load_image(tmp_path / "c.png")[0, :4], [0.299, 0.587, 0.114, 1.0], atol=1e-5)
+
+
+def test_truncated_jpeg_raises_naming_the_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(buffer, format="JPEG")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    assert probe_image(path) == (64, 64)  # the header is intact: probing is header-only
+    with pytest.raises(ImageDecodeError, match="truncated") as caught:
+        load_image(path)
+    assert str(path) in caught.value.message and isinstance(caught.value, InputError)
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims ``width`` x ``height`` but holds no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize(("width", "height"), [(12_000, 9_000), (40_000, 40_000)])
+def test_absurd_size_is_refused_before_decoding(tmp_path: Path, width: int, height: int) -> None:
+    assert width * height > MAX_PIXELS
+    path = png_header_only(tmp_path / "huge.png", width, height)
+    for read in (probe_image, load_image):
+        with pytest.raises(ImageDecodeError, match=r"pixel limit|MP limit"):
+            read(path)
+
+
+def test_tiny_png_is_refused(tmp_path: Path) -> None:
+    Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(tmp_path / "t.png")
+    with pytest.raises(ImageDecodeError, match="smaller than"):
+        load_image(tmp_path / "t.png")
+
+
+def test_missing_and_non_image_files(tmp_path: Path) -> None:
+    with pytest.raises(ImageDecodeError, match="not found"):
+        load_image(tmp_path / "nope.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(ImageDecodeError, match="not a JPEG, PNG or DICOM"):
+        probe_image(tmp_path / "notes.png")
+    (tmp_path / "bad.dcm").write_bytes(b"\0" * 200)
+    with pytest.raises(ImageDecodeError):
+        load_image(tmp_path / "bad.dcm")
