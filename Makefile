@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.radlens-installed
 DEMO_DIR ?= demo
 
-.PHONY: install demo test lint typecheck unit clean
+.PHONY: install browser demo test lint typecheck unit clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 
 install: $(STAMP)
 
+# Browser tests drive Debian's Chromium through Playwright (never a browser Playwright downloads).
+browser:
+	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
 demo: install
 	$(VENV)/bin/radlens phantom generate --out $(DEMO_DIR)/phantom --studies 48 --size 256 --seed 0 --overwrite
 	$(VENV)/bin/radlens phantom show $(DEMO_DIR)/phantom --out $(DEMO_DIR)/phantom_grid.png
@@ -33,7 +37,7 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-unit: install
+unit: install browser
 	$(VENV)/bin/pytest -n 2 --dist loadfile
 
 test: lint typecheck unit

@@ -24,6 +24,12 @@ _COMMAND_MODULES = (
     "radlens.cli.phantom_cmd",
     "radlens.cli.data_cmd",
     "radlens.cli.label_cmd",
+    "radlens.cli.train_cmd",
+    "radlens.cli.classifier_cmd",
+    "radlens.cli.retrieval_cmd",
+    "radlens.cli.explain_cmd",
+    "radlens.cli.serve_cmd",
+    "radlens.cli.demo_cmd",
 )
 
 app = typer.Typer(

@@ -1,0 +1,598 @@
+"""``radlens train retrieval``: data, model and validation wiring around the generic loop.
+
+- ``dual``: a CLIP-style :class:`~radlens.models.dual_encoder.DualEncoder` trained with InfoNCE
+  (identical report texts in a batch count as one pair). Validation: InfoNCE loss and Recall@5 both ways.
+- ``fusion``: a ViLT-style :class:`~radlens.models.fusion.FusionModel` trained with ITM (half of each
+  batch paired with a negative report, :mod:`radlens.train.negatives`) + MLM on the matched pairs.
+  Validation: ITM and MLM accuracy and losses.
+- ``metric``: the metric-learning stage (:mod:`radlens.train.metric`) on a trained ``--base`` model.
+  Validation: label-aware precision@5 before and after the projection.
+
+Studies come from the dataset's official split: ``train`` to train, ``validate`` to validate. Images are
+resized once into an :class:`~radlens.data.cache.ImageCache` (``cache_dir``, default ``OUT/image-cache``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import numpy as np
+import torch
+import yaml
+from accelerate.utils import set_seed
+from pydantic import ValidationError, model_validator
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from radlens.core import Config, InputError, atomic_write_text, is_quiet, prepare_output_dir
+from radlens.data.cache import ImageCache
+from radlens.data.dataset import ImageReportDataset, collate
+from radlens.data.readers import DatasetFormat, read_dataset
+from radlens.data.schema import Problem, StudyRecord
+from radlens.data.transforms import ResizePolicy, train_augmentation
+from radlens.metrics.retrieval import retrieval_report
+from radlens.models.checkpoint import load_checkpoint, model_fingerprint, read_checkpoint_info
+from radlens.models.dual_encoder import DualEncoder, DualEncoderConfig, contrastive_loss
+from radlens.models.fusion import IGNORE_INDEX, FusionConfig, FusionModel, itm_loss, mask_tokens, mlm_loss
+from radlens.models.text_towers import Tokenizer
+from radlens.train.frozen import FrozenFeatureDualEncoder, collate_features
+from radlens.train.loop import TrainConfig, Trainer, TrainResult
+from radlens.train.metric import (
+    EmbeddingDataset,
+    MetricLearner,
+    MetricProjection,
+    MetricProjectionConfig,
+    MetricStageConfig,
+    base_embeddings,
+    label_precision_at_k,
+    label_set_ids,
+    source_of,
+)
+from radlens.train.negatives import NegativeSampler, Strategy
+from radlens.train.presets import PresetName, deep_merge, preset_values
+from radlens.train.state import config_difference, saved_run_config
+
+ModelKind = Literal["dual", "fusion", "metric"]
+VALIDATION_NAME = "validation.json"
+_SECTIONS = {"dual": "dual_encoder", "fusion": "fusion", "metric": "metric"}
+
+
+class RetrievalRunConfig(Config):
+    """Everything a ``radlens train retrieval`` run resolved (written to ``config.yaml``).
+
+    Only the section of the chosen ``model`` is set. ``precompute_frozen`` (dual only) trains on frozen
+    features computed once (:mod:`radlens.train.frozen`); it excludes ``augment``. ``mlm_probability``
+    is the fusion model's masking rate. ``negatives`` picks the ITM negatives (fusion only).
+    """
+
+    data: str
+    format: DatasetFormat = "mimic"
+    model: ModelKind = "dual"
+    preset: PresetName = "cpu-demo"
+    negatives: Strategy = "R"
+    base: str | None = None
+    cache_dir: str | None = None
+    precompute_frozen: bool = False
+    augment: bool = False
+    mlm_probability: float = 0.15
+    train: TrainConfig = TrainConfig()
+    dual_encoder: DualEncoderConfig | None = None
+    fusion: FusionConfig | None = None
+    metric: MetricStageConfig | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        for kind, section in _SECTIONS.items():
+            if kind != self.model and getattr(self, section) is not None:
+                raise ValueError(f"the {section} section applies to --model {kind} only")
+        if getattr(self, _SECTIONS[self.model]) is None:
+            raise ValueError(
+                f"--model {self.model} needs a {_SECTIONS[self.model]} section (presets give one)"
+            )
+        if self.model == "metric" and not self.base:
+            raise ValueError("--model metric needs --base, a trained dual or fusion checkpoint")
+        if self.base and self.model != "metric":
+            raise ValueError("--base applies to --model metric only")
+        if self.negatives != "R" and self.model != "fusion":
+            raise ValueError("--negatives applies to --model fusion only (ITM negatives)")
+        if self.precompute_frozen and (self.model != "dual" or self.augment):
+            raise ValueError("precompute_frozen needs --model dual and augment: false")
+        return self
+
+
+@dataclass
+class RetrievalSummary:
+    """What a run did, for the command's summary (no report text)."""
+
+    config: RetrievalRunConfig
+    result: TrainResult
+    validation: dict[str, Any]
+    train_studies: int
+    validate_studies: int
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# --- config -------------------------------------------------------------------------------------------
+
+
+def resolve_config(
+    options: Mapping[str, Any], config_path: str | os.PathLike[str] | None, out: Path, resume: bool
+) -> RetrievalRunConfig:
+    """Preset (or, with ``resume``, the interrupted run's config), then the YAML file, then ``options``.
+
+    ``options`` holds the command-line values the user gave (``None`` = not given); ``max_steps`` goes
+    to the ``train`` section.
+    """
+    given = {key: value for key, value in options.items() if value is not None and key != "max_steps"}
+    if options.get("max_steps") is not None:
+        given["train"] = {"max_steps": options["max_steps"]}
+    from_file = _read_yaml(config_path) if config_path is not None else {}
+    if resume:
+        saved = saved_run_config(out)
+        if saved is None:
+            raise InputError(f"no checkpoint to resume in {out}", "start without --resume (or check --out)")
+        base: dict[str, Any] = saved
+    else:
+        layered = deep_merge(from_file, given)
+        model, preset = layered.get("model", "dual"), layered.get("preset", "cpu-demo")
+        base = {"model": model, "preset": preset, **preset_values(str(preset), str(model))}
+    merged = deep_merge(deep_merge(base, from_file), given)
+    if "data" not in merged:
+        raise InputError("--data is required", "pass the dataset folder, e.g. --data phantom/")
+    try:
+        config = RetrievalRunConfig.model_validate(merged)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        if first["type"] == "value_error" and not first["loc"]:  # a combination of options: say just that
+            message = str(first.get("ctx", {}).get("error", first["msg"]))
+            raise InputError(message, "see 'radlens train retrieval --help'") from exc
+        raise InputError(*_invalid(exc)) from exc
+    if resume:
+        difference = config_difference(base, config.model_dump(mode="json"))
+        if difference is not None:
+            raise InputError(
+                f"cannot resume with a different config ({difference})",
+                "resume with the options of the interrupted run, or start a new run",
+            )
+    return config
+
+
+def _invalid(error: ValidationError) -> tuple[str, str]:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return f"invalid option {where}: {first['msg']}", "fix the value in --config or on the command line"
+
+
+def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    config_path = Path(path)
+    if not config_path.is_file():
+        raise InputError(f"config file {config_path} not found", "pass the path of a YAML file")
+    try:
+        loaded = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise InputError(f"config file {config_path} is not valid YAML ({exc.__class__.__name__})") from exc
+    if not isinstance(loaded, dict):
+        raise InputError(f"config file {config_path} must be a mapping of option names to values")
+    return loaded
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+
+def _read_splits(config: RetrievalRunConfig) -> tuple[list[StudyRecord], list[StudyRecord], list[Problem]]:
+    path = Path(config.data)
+    if not path.exists():
+        raise InputError(f"dataset {path} not found", "pass the dataset folder with --data")
+    result = read_dataset(path, config.format)
+    train = [record for record in result.records if record.split == "train"]
+    validate = [record for record in result.records if record.split == "validate"]
+    if not train:
+        raise InputError(
+            f"no training studies in {path} ({len(result.records)} studies, none in the 'train' split)",
+            "use a dataset with an official split (e.g. RadPhantom or MIMIC-CXR-JPG)",
+        )
+    return train, validate, list(result.problems)
+
+
+def _datasets(
+    config: RetrievalRunConfig,
+    out: Path,
+    image_size: int,
+    train: list[StudyRecord],
+    validate: list[StudyRecord],
+) -> tuple[ImageReportDataset, ImageReportDataset, list[Problem]]:
+    """Train and validate datasets (pixels in [0, 1], grey) over cached resized images."""
+    policy = ResizePolicy(size=image_size)
+    cache = ImageCache(Path(config.cache_dir) if config.cache_dir else out / "image-cache", policy)
+    seed = config.train.seed
+    augment = train_augmentation(seed=seed) if config.augment else None
+    options: dict[str, Any] = {"channels": 1, "cache": cache, "mean": 0.0, "std": 1.0, "seed": seed}
+    train_set = ImageReportDataset(train, policy, augment=augment, **options)
+    val_set = ImageReportDataset(validate, policy, **options)
+    problems = [*train_set.problems, *val_set.problems]
+    bad = {
+        problem.path
+        for problem in cache.build([*train_set.paths(), *val_set.paths()], progress=not is_quiet())
+    }
+    problems += [Problem(path, "image could not be decoded") for path in sorted(bad)]
+    if bad:  # rebuild without the studies whose image failed (recorded above)
+        keep = [
+            [item.record for item in ds.items if os.path.abspath(item.image.path) not in bad]
+            for ds in (train_set, val_set)
+        ]
+        train_set = ImageReportDataset(keep[0], policy, augment=augment, **options)
+        val_set = ImageReportDataset(keep[1], policy, **options)
+    if len(train_set) == 0:
+        raise InputError("no usable training studies (no frontal image could be read)", "check the dataset")
+    return train_set, val_set, problems
+
+
+def _texts(dataset: ImageReportDataset, indices: Sequence[int]) -> list[str]:
+    return [dataset.items[index].record.report_text() for index in indices]
+
+
+def truncation_note(tokenizer: Tokenizer, dataset: ImageReportDataset, max_length: int) -> str | None:
+    """How many training reports are longer than ``max_length`` tokens (the model sees only the start)."""
+    texts = _texts(dataset, range(len(dataset)))
+    cut = sum(
+        int(tokenizer.encode(texts[s : s + 256], max_length)["truncated"].sum())
+        for s in range(0, len(texts), 256)
+    )
+    if not cut:
+        return None
+    return f"{cut} of {len(texts)} training reports are longer than {max_length} tokens and were cut"
+
+
+# --- dual encoder -------------------------------------------------------------------------------------
+
+
+class DualCollator:
+    """Items → ``pixel_values``, tokens and ``group_ids`` (identical report texts share a group)."""
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int) -> None:
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def __call__(self, items: list[dict[str, Any] | None]) -> dict[str, torch.Tensor]:
+        batch = collate(items)
+        encoded = self.tokenizer.encode(batch["text"], self.max_length)
+        groups: dict[str, int] = {}
+        group_ids = torch.tensor([groups.setdefault(text, len(groups)) for text in batch["text"]])
+        return {
+            "pixel_values": batch["image"],
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+            "group_ids": group_ids,
+        }
+
+
+def _train_dual(
+    config: RetrievalRunConfig, out: Path, resume: bool, train_set: ImageReportDataset, notes: list[str]
+) -> tuple[TrainResult, DualEncoder]:
+    assert config.dual_encoder is not None
+    set_seed(config.train.seed)
+    model = DualEncoder(config.dual_encoder)
+    notes.extend(filter(None, [truncation_note(model.tokenizer, train_set, config.dual_encoder.max_length)]))
+    if config.precompute_frozen:
+        wrapper = FrozenFeatureDualEncoder(model)
+        features = wrapper.precompute(train_set, config.train.batch_size, config.train.num_workers)
+        notes.append(f"trained on frozen features of {len(features)} studies computed once")
+        trainer = Trainer(
+            wrapper, features, config.train, out, collate_fn=collate_features, run_config=config,
+            save_model=model, description="dual encoder",
+        )  # fmt: skip
+    else:
+        collator = DualCollator(model.tokenizer, config.dual_encoder.max_length)
+        trainer = Trainer(
+            model,
+            train_set,
+            config.train,
+            out,
+            collate_fn=collator,
+            run_config=config,
+            description="dual encoder",
+        )
+    return trainer.fit(resume), model
+
+
+@torch.no_grad()
+def validate_dual(model: DualEncoder, dataset: ImageReportDataset, batch_size: int) -> dict[str, Any]:
+    """InfoNCE loss (batches of ``batch_size``) and Recall@5 / precision@5 both ways on ``dataset``."""
+    images, texts, labels = base_embeddings(model, dataset, batch_size)
+    assert texts is not None
+    scale = float(model.scale())
+    losses = [
+        float(contrastive_loss(scale * images[s : s + batch_size] @ texts[s : s + batch_size].t()))
+        for s in range(0, len(images), batch_size)
+        if len(images[s : s + batch_size]) > 1
+    ]
+    report = retrieval_report(images.numpy(), texts.numpy(), labels.numpy(), ks=(1, 5, 10))
+    return {
+        "studies": len(images),
+        "infonce_loss": float(np.mean(losses)) if losses else None,
+        "recall@5_image_to_text": report["image_to_text"]["recall@5"],
+        "recall@5_text_to_image": report["text_to_image"]["recall@5"],
+        "precision@5_image_to_text": report["image_to_text"]["precision@5"],
+        "chance_recall@5": min(1.0, 5 / len(images)),
+    }
+
+
+# --- fusion -------------------------------------------------------------------------------------------
+
+
+class ITMPairs(Dataset[dict[str, Any] | None]):
+    """Study items with a negative report drawn for each (seeded by ``(seed, epoch, index)``)."""
+
+    def __init__(self, dataset: ImageReportDataset, sampler: NegativeSampler, seed: int) -> None:
+        self.dataset, self.sampler, self.seed, self.epoch = dataset, sampler, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.dataset.set_epoch(epoch)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        item = self.dataset[index]
+        if item is None:
+            return None
+        other, fell_back = self.sampler.sample(index, np.random.default_rng([self.seed, self.epoch, index]))
+        item["negative_text"] = _texts(self.dataset, [other])[0]
+        item["negative_fallback"] = fell_back
+        return item
+
+
+class ITMCollator:
+    """Pairs → ITM batch: the first ``ceil(B/2)`` items keep their report (label 1), the rest get their
+    negative (label 0), so a batch is exactly balanced; items arrive shuffled, so who gets a negative
+    is random."""
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int) -> None:
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def __call__(self, items: list[dict[str, Any] | None]) -> dict[str, torch.Tensor]:
+        kept = [item for item in items if item is not None]
+        positives = len(kept) - len(kept) // 2
+        texts = [item["text"] if row < positives else item["negative_text"] for row, item in enumerate(kept)]
+        encoded = self.tokenizer.encode(texts, self.max_length)
+        negatives = kept[positives:]
+        return {
+            "pixel_values": torch.stack([item["image"] for item in kept]),
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+            "itm_labels": (torch.arange(len(kept)) < positives).long(),
+            "fallback_rate": torch.tensor(
+                sum(item["negative_fallback"] for item in negatives) / max(1, len(negatives))
+            ),
+        }
+
+
+class FusionITM(nn.Module):
+    """``loss(batch)`` = ITM cross-entropy on all pairs + MLM on the matched pairs (masked 80/10/10)."""
+
+    def __init__(self, model: FusionModel, mlm_probability: float) -> None:
+        super().__init__()
+        self.model, self.mlm_probability = model, mlm_probability
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        model, labels = self.model, batch["itm_labels"]
+        ids, mask, pixels = batch["input_ids"], batch["attention_mask"], batch["pixel_values"]
+        out = model(ids, mask, pixels, output_attentions=False, compute_mlm=False)
+        itm = itm_loss(out.itm_logits, labels)
+        matched = labels == 1
+        masked, targets = mask_tokens(ids[matched], model.tokenizer, self.mlm_probability)
+        mlm_out = model(masked, mask[matched], pixels[matched], output_attentions=False)
+        assert mlm_out.mlm_logits is not None
+        mlm = mlm_loss(mlm_out.mlm_logits, targets)
+        accuracy = (out.itm_logits.argmax(dim=-1) == labels).float().mean()
+        return {
+            "loss": itm + mlm,
+            "itm_loss": itm.detach(),
+            "mlm_loss": mlm.detach(),
+            "itm_accuracy": accuracy,
+            "negative_fallback_rate": batch["fallback_rate"].float(),
+        }
+
+
+def _train_fusion(
+    config: RetrievalRunConfig, out: Path, resume: bool, train_set: ImageReportDataset, notes: list[str]
+) -> tuple[TrainResult, FusionModel]:
+    assert config.fusion is not None
+    sampler = NegativeSampler([item.record.labels for item in train_set.items], config.negatives)
+    if config.negatives != "R":
+        notes.append(
+            f"negatives {config.negatives}: {sampler.fallback_items} of {len(sampler)} training studies have "
+            "no valid negative and use a random one (R)"
+        )
+    set_seed(config.train.seed)
+    model = FusionModel(config.fusion)
+    notes.extend(filter(None, [truncation_note(model.tokenizer, train_set, config.fusion.max_text_length)]))
+    trainer = Trainer(
+        FusionITM(model, config.mlm_probability),
+        ITMPairs(train_set, sampler, config.train.seed),
+        config.train,
+        out,
+        collate_fn=ITMCollator(model.tokenizer, config.fusion.max_text_length),
+        run_config=config,
+        save_model=model,
+        description="fusion model",
+    )
+    return trainer.fit(resume), model
+
+
+@torch.no_grad()
+def validate_fusion(
+    model: FusionModel,
+    dataset: ImageReportDataset,
+    strategy: Strategy,
+    seed: int,
+    batch_size: int,
+    mlm_probability: float,
+) -> dict[str, Any]:
+    """ITM accuracy/loss on every study paired with its report and with a negative (balanced), and MLM
+    accuracy/loss on the matched pairs (fixed masking seed)."""
+    model.eval()
+    sampler = NegativeSampler([item.record.labels for item in dataset.items], strategy)
+    generator = torch.Generator().manual_seed(seed)
+    itm_correct = itm_total = mlm_correct = mlm_total = 0
+    itm_losses, mlm_losses = [], []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    for batch in loader:
+        indices = batch["index"].tolist()
+        negatives = [sampler.sample(i, np.random.default_rng([seed, 0, i]))[0] for i in indices]
+        texts = list(batch["text"]) + _texts(dataset, negatives)
+        labels = torch.cat([torch.ones(len(indices)), torch.zeros(len(indices))]).long()
+        encoded = model.tokenize(texts)
+        pixels = torch.cat([batch["image"], batch["image"]])
+        out = model(
+            encoded["input_ids"],
+            encoded["attention_mask"],
+            pixels,
+            output_attentions=False,
+            compute_mlm=False,
+        )
+        itm_losses.append(float(itm_loss(out.itm_logits, labels)) * len(labels))
+        itm_correct += int((out.itm_logits.argmax(dim=-1) == labels).sum())
+        itm_total += len(labels)
+        n = len(indices)
+        masked, targets = mask_tokens(encoded["input_ids"][:n], model.tokenizer, mlm_probability, generator)
+        mlm_out = model(masked, encoded["attention_mask"][:n], batch["image"], output_attentions=False)
+        assert mlm_out.mlm_logits is not None
+        chosen = targets != IGNORE_INDEX
+        if chosen.any():
+            mlm_losses.append(float(mlm_loss(mlm_out.mlm_logits, targets)) * int(chosen.sum()))
+            mlm_correct += int((mlm_out.mlm_logits.argmax(dim=-1)[chosen] == targets[chosen]).sum())
+            mlm_total += int(chosen.sum())
+    return {
+        "studies": len(dataset),
+        "itm_accuracy": itm_correct / itm_total,
+        "itm_loss": sum(itm_losses) / itm_total,
+        "mlm_accuracy": mlm_correct / mlm_total if mlm_total else None,
+        "mlm_loss": sum(mlm_losses) / mlm_total if mlm_total else None,
+        "negatives": strategy,
+    }
+
+
+# --- metric stage -------------------------------------------------------------------------------------
+
+
+def _load_base(config: RetrievalRunConfig) -> tuple[nn.Module, int]:
+    assert config.base is not None
+    info = read_checkpoint_info(config.base)
+    if info.model_type not in ("dual_encoder", "fusion"):
+        raise InputError(
+            f"--base {config.base} holds a {info.model_type} model",
+            "pass a dual encoder or fusion checkpoint",
+        )
+    model = load_checkpoint(config.base)
+    image_size = int(info.config["image_size"])
+    return model, image_size
+
+
+def _train_metric(
+    config: RetrievalRunConfig, out: Path, resume: bool, base: nn.Module, train_set: ImageReportDataset
+) -> tuple[TrainResult, MetricProjection]:
+    assert config.metric is not None
+    images, texts, labels = base_embeddings(base, train_set, config.train.batch_size)
+    classes = label_set_ids(labels.numpy())
+    embeddings = images if texts is None else torch.cat([images, texts])
+    targets = classes if texts is None else torch.cat([classes, classes])
+    projection_config = MetricProjectionConfig(
+        in_dim=embeddings.shape[1],
+        out_dim=config.metric.out_dim,
+        hidden_dim=config.metric.hidden_dim,
+        source=source_of(base),
+        base_model_type=str(getattr(base, "model_type", "")),
+        base_fingerprint=model_fingerprint(base),
+    )
+    set_seed(config.train.seed)
+    projection = MetricProjection(projection_config)
+    trainer = Trainer(
+        MetricLearner(projection, config.metric),
+        EmbeddingDataset(embeddings, targets),
+        config.train,
+        out,
+        run_config=config,
+        save_model=projection,
+        description="metric projection",
+    )
+    return trainer.fit(resume), projection
+
+
+@torch.no_grad()
+def validate_metric(
+    base: nn.Module, projection: MetricProjection, dataset: ImageReportDataset, batch_size: int
+) -> dict[str, Any]:
+    """Label-aware precision@5 of the base embeddings and of their projection on ``dataset``."""
+    projection.eval()
+    images, texts, labels = base_embeddings(base, dataset, batch_size)
+    if texts is None:  # fusion [CLS]: study-to-study retrieval, the study itself left out
+        classes = label_set_ids(labels.numpy())
+        return {
+            "studies": len(images),
+            "precision@5_before": label_precision_at_k(images, classes, 5),
+            "precision@5_after": label_precision_at_k(projection(images), classes, 5),
+        }
+    before = retrieval_report(images.numpy(), texts.numpy(), labels.numpy(), ks=(1, 5))
+    after = retrieval_report(projection(images).numpy(), projection(texts).numpy(), labels.numpy(), ks=(1, 5))
+    return {
+        "studies": len(images),
+        "precision@5_before": before["image_to_text"]["precision@5"],
+        "precision@5_after": after["image_to_text"]["precision@5"],
+        "recall@5_before": before["image_to_text"]["recall@5"],
+        "recall@5_after": after["image_to_text"]["recall@5"],
+    }
+
+
+# --- entry point --------------------------------------------------------------------------------------
+
+
+def train_retrieval(
+    config: RetrievalRunConfig, out: str | os.PathLike[str], resume: bool = False, overwrite: bool = False
+) -> RetrievalSummary:
+    """Train ``config.model`` on the train split of ``config.data`` into ``out``, then validate."""
+    out = Path(out)
+    if not resume:
+        prepare_output_dir(out, overwrite)
+    base, image_size = _load_base(config) if config.model == "metric" else (None, 0)
+    if config.model == "dual":
+        assert config.dual_encoder is not None
+        image_size = config.dual_encoder.image_size
+    elif config.model == "fusion":
+        assert config.fusion is not None
+        image_size = config.fusion.image_size
+    train, validate, problems = _read_splits(config)
+    if not resume and overwrite and out.exists():
+        shutil.rmtree(out)  # --overwrite: the old run goes (only once the inputs are known to be good)
+    train_set, val_set, data_problems = _datasets(config, out, image_size, train, validate)
+    problems += data_problems
+    notes: list[str] = []
+    batch = config.train.batch_size
+    validation: dict[str, Any]
+    if config.model == "dual":
+        result, dual = _train_dual(config, out, resume, train_set, notes)
+        validation = validate_dual(dual, val_set, batch) if len(val_set) > 1 else {}
+    elif config.model == "fusion":
+        result, fusion = _train_fusion(config, out, resume, train_set, notes)
+        if len(val_set) > 1:
+            seed = config.train.seed
+            validation = validate_fusion(
+                fusion, val_set, config.negatives, seed, batch, config.mlm_probability
+            )
+        else:
+            validation = {}
+    else:
+        assert base is not None
+        result, projection = _train_metric(config, out, resume, base, train_set)
+        validation = validate_metric(base, projection, val_set, batch) if len(val_set) > 1 else {}
+    if not validation:
+        notes.append(f"no validation: the validate split has {len(val_set)} usable studies (2 needed)")
+    atomic_write_text(out / VALIDATION_NAME, json.dumps(validation, indent=2) + "\n")
+    return RetrievalSummary(config, result, validation, len(train_set), len(val_set), problems, notes)

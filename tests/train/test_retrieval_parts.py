@@ -1,0 +1,115 @@
+"""Pieces of the retrieval task: frozen-feature training equals the full model, balanced ITM batches,
+and the metric stage on a toy clustered set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from train_helpers import TINY_DUAL
+
+from radlens.data.dataset import ImageReportDataset
+from radlens.data.labeler import identical_label_sets
+from radlens.data.readers import read_dataset
+from radlens.data.transforms import ResizePolicy
+from radlens.models.dual_encoder import DualEncoder, DualEncoderConfig
+from radlens.models.text_towers import load_tokenizer
+from radlens.train.frozen import FrozenFeatureDualEncoder, collate_features
+from radlens.train.loop import TrainConfig, Trainer
+from radlens.train.metric import (
+    EmbeddingDataset,
+    MetricLearner,
+    MetricProjection,
+    MetricProjectionConfig,
+    MetricStageConfig,
+    label_precision_at_k,
+)
+from radlens.train.negatives import NegativeSampler
+from radlens.train.retrieval import DualCollator, ITMCollator, ITMPairs
+
+
+@pytest.fixture(scope="module")
+def studies(phantom: Path) -> ImageReportDataset:
+    records = [record for record in read_dataset(phantom, "mimic").records if record.split == "train"]
+    return ImageReportDataset(records, ResizePolicy(size=32), channels=1, mean=0.0, std=1.0, seed=0)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_frozen_features_give_the_full_models_loss(studies: ImageReportDataset, mode: str) -> None:
+    torch.manual_seed(0)
+    config = DualEncoderConfig.model_validate(
+        {**TINY_DUAL, "trainable_image_stages": 1, "trainable_text_stages": 1}
+    )
+    model = DualEncoder(config)
+    wrapper = FrozenFeatureDualEncoder(model)
+    assert (wrapper.image_frozen, wrapper.text_frozen) == (2, 2)  # stem + stage 1; embeddings + layer 1
+    features = wrapper.precompute(studies, batch_size=5)
+    indices = [3, 0, 7, 12, 5, 9]
+    full_batch = DualCollator(model.tokenizer, config.max_length)([studies[i] for i in indices])
+    cached_batch = collate_features([features[i] for i in indices])
+    model.train(mode == "train")
+    torch.manual_seed(1)
+    full = model.loss(full_batch)
+    torch.manual_seed(1)  # same dropout masks in the trainable top layer
+    cached = wrapper.loss(cached_batch)
+    torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)
+    full.backward()
+    tail = model.text_projection.weight.grad.clone()
+    model.zero_grad()
+    torch.manual_seed(1)
+    wrapper.loss(cached_batch).backward()
+    torch.testing.assert_close(model.text_projection.weight.grad, tail, rtol=1e-4, atol=1e-6)
+
+
+def test_itm_batches_are_balanced_and_negatives_follow_the_strategy(studies: ImageReportDataset) -> None:
+    labels = [item.record.labels for item in studies.items]
+    pairs = ITMPairs(studies, NegativeSampler(labels, "NE"), seed=3)
+    collator = ITMCollator(load_tokenizer(), 48)
+    for epoch, indices in enumerate(([0, 4, 2, 9, 1, 7], [5, 6, 3, 8, 10, 11, 12, 13])):
+        pairs.set_epoch(epoch)
+        items = [pairs[i] for i in indices]
+        batch = collator(items)
+        assert int(batch["itm_labels"].sum()) * 2 == len(indices)  # exactly half matched
+        for row, (index, item) in enumerate(zip(indices, items, strict=True)):
+            text = item["text"] if batch["itm_labels"][row] == 1 else item["negative_text"]
+            expected = collator.tokenizer.encode([text], 48)["input_ids"][0]
+            assert torch.equal(batch["input_ids"][row][: len(expected)], expected)
+            negative = next(
+                j
+                for j, other in enumerate(studies.items)
+                if other.record.report_text() == item["negative_text"]
+            )
+            assert not item["negative_fallback"]
+            assert not identical_label_sets(labels[index], labels[negative])
+    again = ITMPairs(studies, NegativeSampler(labels, "NE"), seed=3)
+    again.set_epoch(1)
+    assert again[5]["negative_text"] == pairs[5]["negative_text"]  # deterministic under the seed
+
+
+def _clustered(n: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class signal in 4 of 32 dims, swamped by noise in the other 28."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    centres = torch.randn(classes, 4, generator=generator) * 2.0
+    signal = centres[labels] + 0.3 * torch.randn(n, 4, generator=generator)
+    noise = 2.0 * torch.randn(n, 28, generator=generator)
+    return torch.cat([signal, noise], dim=1), labels
+
+
+def test_metric_stage_learns_the_label_structure(tmp_path: Path) -> None:
+    train_x, train_y = _clustered(240, 6, seed=0)
+    test_x, test_y = _clustered(120, 6, seed=1)
+    stage = MetricStageConfig(out_dim=8)
+    torch.manual_seed(0)
+    projection = MetricProjection(MetricProjectionConfig(in_dim=32, out_dim=8))
+    config = TrainConfig(lr=0.02, weight_decay=0.0, max_steps=80, batch_size=60, warmup_steps=5, seed=0)
+    before = label_precision_at_k(projection(test_x).detach(), test_y, 5)
+    learner, data = MetricLearner(projection, stage), EmbeddingDataset(train_x, train_y)
+    result = Trainer(learner, data, config, tmp_path, save_model=projection).fit()
+    after = label_precision_at_k(projection(test_x).detach(), test_y, 5)
+    losses = [row["loss"] for row in result.records]
+    assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10])
+    assert after > before + 0.3 and after > 0.8, (before, after)
+    assert label_precision_at_k(test_x, test_y, 5) < 0.65  # the raw space is really noisy

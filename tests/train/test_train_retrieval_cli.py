@@ -1,0 +1,212 @@
+"""``radlens train retrieval`` end to end on tiny models and 24 RadPhantom studies."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from train_helpers import TINY_DUAL, TINY_FUSION, TINY_TRAIN, write_yaml
+
+from radlens.cli import main
+from radlens.cli.app import app
+from radlens.cli.train_cmd import register
+from radlens.models.checkpoint import load_checkpoint, model_fingerprint, read_checkpoint_info
+from radlens.models.dual_encoder import DualEncoder
+from radlens.models.fusion import FusionModel
+from radlens.train.metric import MetricProjection
+
+if not any(group.name == "train" for group in app.registered_groups):
+    register(app)  # until the lead lists radlens.cli.train_cmd in the app's command modules
+
+
+def _train(*args: str) -> int:
+    return main(["-q", "train", "retrieval", *args])
+
+
+def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error:")
+    return err
+
+
+@pytest.fixture(scope="module")
+def dual_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("yaml")
+    return write_yaml(
+        folder / "dual.yaml", {"train": TINY_TRAIN, "precompute_frozen": False, "dual_encoder": TINY_DUAL}
+    )
+
+
+@pytest.fixture(scope="module")
+def dual_run(tmp_path_factory: pytest.TempPathFactory, phantom: Path, dual_yaml: Path) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "dual"
+    assert _train("--data", str(phantom), "--out", str(out), "--config", str(dual_yaml)) == 0
+    return out
+
+
+def test_dual_run_writes_model_logs_and_config(dual_run: Path) -> None:
+    model = load_checkpoint(dual_run)
+    assert isinstance(model, DualEncoder) and model.config.embed_dim == TINY_DUAL["embed_dim"]
+    rows = [json.loads(line) for line in (dual_run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    assert all(np.isfinite(row["loss"]) and row["lr"] >= 0 for row in rows)
+    with Image.open(dual_run / "loss_curve.png") as image:
+        assert image.format == "PNG"
+    config = yaml.safe_load((dual_run / "config.yaml").read_text())
+    assert (config["model"], config["preset"], config["train"]["max_steps"]) == ("dual", "cpu-demo", 4)
+    assert config["train"]["weight_decay"] == 1e-4  # from the preset, under the YAML file's values
+    assert config["dual_encoder"]["image_tower"] == "small_cnn" and config["fusion"] is None
+    validation = json.loads((dual_run / "validation.json").read_text())
+    assert validation["studies"] == 3 and 0 <= validation["recall@5_image_to_text"] <= 1
+    assert np.isfinite(validation["infonce_loss"])
+    # the final model is the last checkpoint's
+    last = load_checkpoint(dual_run / "checkpoint-4")
+    torch.testing.assert_close(model.state_dict()["logit_scale"], last.state_dict()["logit_scale"])
+    assert read_checkpoint_info(dual_run).extra["step"] == 4
+
+
+def test_resume_of_precomputed_run_matches_uninterrupted(tmp_path: Path, phantom: Path) -> None:
+    """The cpu-demo path (frozen features computed once) resumes exactly from a saved checkpoint."""
+    frozen = {**TINY_DUAL, "trainable_image_stages": 1, "trainable_text_stages": 1}
+    config = write_yaml(
+        tmp_path / "frozen.yaml",
+        {
+            "train": {**TINY_TRAIN, "max_steps": 6, "checkpoint_every": 3},
+            "precompute_frozen": True,
+            "dual_encoder": frozen,
+        },
+    )
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    options = ["--data", str(phantom), "--config", str(config), "--cache-dir", str(tmp_path / "cache")]
+    assert _train(*options, "--out", str(full)) == 0
+    killed.mkdir()  # what a run killed after saving step 3 leaves behind
+    shutil.copytree(full / "checkpoint-3", killed / "checkpoint-3")
+    assert _train(*options, "--out", str(killed), "--resume") == 0
+    rows = {
+        name: [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        for name, run in (("full", full), ("resumed", killed))
+    }
+    np.testing.assert_allclose(
+        [r["loss"] for r in rows["resumed"]], [r["loss"] for r in rows["full"]], atol=1e-6, rtol=0
+    )
+    assert len(rows["full"]) == 6
+    expected, got = load_checkpoint(full).state_dict(), load_checkpoint(killed).state_dict()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, atol=1e-6, rtol=0)
+
+
+def test_fusion_run_with_ni_negatives(tmp_path: Path, phantom: Path) -> None:
+    config = write_yaml(tmp_path / "fusion.yaml", {"train": TINY_TRAIN, "fusion": TINY_FUSION})
+    out = tmp_path / "fusion"
+    args = [
+        "--data",
+        str(phantom),
+        "--out",
+        str(out),
+        "--model",
+        "fusion",
+        "--negatives",
+        "NI",
+        "--config",
+        str(config),
+    ]
+    assert _train(*args) == 0
+    assert isinstance(load_checkpoint(out), FusionModel)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        assert row["loss"] == pytest.approx(row["itm_loss"] + row["mlm_loss"], rel=1e-5)
+        assert 0 <= row["itm_accuracy"] <= 1 and 0 <= row["negative_fallback_rate"] <= 1
+    validation = json.loads((out / "validation.json").read_text())
+    assert validation["negatives"] == "NI" and 0 <= validation["itm_accuracy"] <= 1
+    assert validation["mlm_accuracy"] is None or 0 <= validation["mlm_accuracy"] <= 1
+
+
+def test_metric_stage_on_the_dual_run(tmp_path: Path, phantom: Path, dual_run: Path) -> None:
+    config = write_yaml(
+        tmp_path / "metric.yaml", {"train": {**TINY_TRAIN, "batch_size": 16}, "metric": {"out_dim": 8}}
+    )
+    out = tmp_path / "metric"
+    args = ["--data", str(phantom), "--out", str(out), "--model", "metric", "--base", str(dual_run)]
+    assert _train(*args, "--config", str(config)) == 0
+    projection = load_checkpoint(out)
+    assert isinstance(projection, MetricProjection)
+    assert projection.config.base_fingerprint == model_fingerprint(dual_run)
+    assert projection.config.source == "dual_encoder" and projection.config.in_dim == TINY_DUAL["embed_dim"]
+    validation = json.loads((out / "validation.json").read_text())
+    assert {"precision@5_before", "precision@5_after"} <= set(validation)
+
+
+def _bad(tmp_path: Path, phantom: Path, dual_yaml: Path, dual_run: Path) -> dict[str, tuple[list[str], str]]:
+    data = ["--data", str(phantom)]
+    no_train = tmp_path / "no-train"
+    shutil.copytree(phantom, no_train)
+    split = no_train / "mimic-cxr-2.0.0-split.csv.gz"
+    with gzip.open(split, "rt") as handle:
+        lines = handle.read().splitlines()
+    with gzip.open(split, "wt") as handle:
+        handle.write("\n".join([lines[0]] + [line.replace(",train", ",test") for line in lines[1:]]) + "\n")
+    other = write_yaml(
+        tmp_path / "other.yaml",
+        {"train": {**TINY_TRAIN, "lr": 0.5}, "precompute_frozen": False, "dual_encoder": TINY_DUAL},
+    )
+    return {
+        "missing data": (["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o1")], "not found"),
+        "unknown format": ([*data, "--format", "dicom", "--out", str(tmp_path / "o2")], "unknown --format"),
+        "wrong format": ([*data, "--format", "iu", "--out", str(tmp_path / "o3")], "not an IU X-ray folder"),
+        "no training studies": (
+            ["--data", str(no_train), "--out", str(tmp_path / "o4"), "--config", str(dual_yaml)],
+            "no training studies",
+        ),
+        "unknown preset": ([*data, "--preset", "gpu-max", "--out", str(tmp_path / "o5")], "unknown --preset"),
+        "resume without checkpoint": (
+            [*data, "--out", str(tmp_path / "o6"), "--resume"],
+            "no checkpoint to resume",
+        ),
+        "resume with another config": (
+            [*data, "--out", str(dual_run), "--resume", "--config", str(other)],
+            "different config",
+        ),
+        "metric without base": (
+            [*data, "--out", str(tmp_path / "o7"), "--model", "metric"],
+            "error: --model metric needs --base",
+        ),
+        "negatives for dual": (
+            [*data, "--out", str(tmp_path / "o8"), "--negatives", "NI"],
+            "error: --negatives applies to --model fusion only",
+        ),
+        "out not empty": ([*data, "--out", str(dual_run), "--config", str(dual_yaml)], "not empty"),
+    }
+
+
+def test_bad_inputs_exit_2_with_one_line(
+    tmp_path: Path, phantom: Path, dual_yaml: Path, dual_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    before = sorted(path.name for path in dual_run.iterdir())
+    for name, (args, message) in _bad(tmp_path, phantom, dual_yaml, dual_run).items():
+        assert _train(*args) == 2, name
+        line = _error_line(capsys)
+        assert message in line, (name, line)
+    assert sorted(path.name for path in dual_run.iterdir()) == before  # refused runs touched nothing
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 9))
+
+
+def test_overwrite_restarts_a_run(tmp_path: Path, phantom: Path, dual_yaml: Path, dual_run: Path) -> None:
+    out = tmp_path / "again"
+    shutil.copytree(dual_run, out)
+    (out / "checkpoint-2" / "stale-marker").write_text("x")
+    changed = write_yaml(
+        tmp_path / "two.yaml",
+        {"train": {**TINY_TRAIN, "max_steps": 2}, "precompute_frozen": False, "dual_encoder": TINY_DUAL},
+    )
+    assert _train("--data", str(phantom), "--out", str(out), "--config", str(changed), "--overwrite") == 0
+    assert not (out / "checkpoint-4").exists() and not (out / "checkpoint-2" / "stale-marker").exists()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

@@ -1,0 +1,172 @@
+"""End to end in a real browser: Playwright drives Debian's Chromium against the app served by uvicorn
+on a free local port. A screenshot of each step is saved under ``test-artifacts/web/``.
+
+These tests FAIL (they do not skip) when Chromium or Playwright is missing: ``make test`` installs both.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from radlens.cli.serve_cmd import bind_socket
+from radlens.data.schema import CHEXPERT_LABELS
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"
+QUERY = "large right pleural effusion"
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def live_url(app: Any) -> Iterator[str]:
+    """The app served by uvicorn in a thread on a free port of 127.0.0.1."""
+    sock = bind_socket("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, access_log=False, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert CHROMIUM.is_file(), (
+        f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)"
+    )
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser, live_url: str) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1366, "height": 820}, base_url=live_url)
+    opened = context.new_page()
+    problems: list[str] = []
+    opened.on("pageerror", lambda error: problems.append(str(error)))
+    opened.goto("/")
+    expect(opened.locator("#status-text")).to_contain_text("studies in the index")
+    yield opened
+    context.close()
+    assert not problems, f"JavaScript errors: {problems}"
+
+
+def _shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def _focused_index(page: Page) -> int:
+    return int(page.evaluate("Number(document.activeElement.dataset.index ?? -1)"))
+
+
+def test_search_open_explain_then_search_by_image(page: Page, retriever: Any) -> None:
+    _shot(page, "01-start")
+    expect(page.locator("footer")).to_have_text("Research use only — not for diagnosis.")
+
+    page.fill("#query", QUERY)
+    page.press("#query", "Control+Enter")
+    cards = page.locator(".card")
+    expect(cards).to_have_count(12)
+    expected = retriever.search_text(QUERY, k=12)
+    expect(cards.first.locator(".score")).to_have_text(f"{expected[0].score:.3f}")
+    expect(cards.nth(3).locator(".impression")).to_have_text(expected[3].impression)
+    page.wait_for_function(
+        "[...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
+    _shot(page, "02-text-results")
+
+    # Keyboard: arrows walk the grid, Home goes back, Enter opens, Esc closes.
+    cards.first.focus()
+    page.keyboard.press("ArrowRight")
+    assert _focused_index(page) == 1
+    columns = int(page.evaluate("getComputedStyle(results).gridTemplateColumns.split(' ').length"))
+    page.keyboard.press("ArrowDown")
+    assert _focused_index(page) == 1 + columns
+    page.keyboard.press("Home")
+    assert _focused_index(page) == 0
+    page.keyboard.press("Enter")
+    dialog = page.locator("#detail")
+    expect(dialog).to_be_visible()
+    expect(page.locator("#detail-title")).to_contain_text(expected[0].study_id)
+    expect(page.locator("#overlay")).to_have_attribute("src", re.compile(r"^data:image/png;base64,"))
+    marks = page.locator("#query-words mark")
+    expect(marks).to_have_count(len(QUERY.split()))
+    assert marks.all_inner_texts() == QUERY.split()
+    expect(page.locator("#findings")).to_have_text(retriever.study(expected[0].study_id)["findings"])
+    _shot(page, "03-detail-gradcam")
+
+    page.select_option("#x-method", "integrated_gradients")
+    expect(page.locator("#x-status-text")).to_contain_text("Integrated gradients")
+    expect(page.locator("#legend")).to_contain_text("red raises")  # a signed map gets the signed legend
+    page.locator("#x-opacity").fill("30")
+    assert page.evaluate("getComputedStyle(overlay).opacity") == "0.3"
+    _shot(page, "04-detail-integrated-gradients")
+
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+    assert _focused_index(page) == 0  # focus goes back to the result that was open
+
+    upload = retriever.image_path(retriever.index.rows[0]["image_id"])
+    page.set_input_files("#file", str(upload))
+    expect(page.locator("#results-title")).to_have_text("Reports matching your image")
+    expected_reports = retriever.search_image(upload, k=12)
+    expect(cards.first.locator(".impression")).to_have_text(expected_reports[0].impression)
+    expect(page.locator("#query-image-box")).to_be_visible()
+    _shot(page, "05-image-results")
+
+    cards.first.click()
+    expect(page.locator("#x-source")).to_have_value("report")
+    assert page.locator('#x-source option[value="query"]').is_disabled()  # no text query to explain
+    expect(page.locator("#overlay")).to_have_attribute("src", re.compile(r"^data:image/png;base64,"))
+    expect(page.locator("#findings mark").first).to_be_visible()
+    _shot(page, "06-report-explained")
+
+
+def test_errors_are_shown_in_plain_words(page: Page, retriever: Any, tmp_path: Path) -> None:
+    page.click("#search-button")  # nothing typed
+    expect(page.locator("#error")).to_contain_text("Type a few words")
+
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("this is a text file, not an X-ray")
+    page.set_input_files("#file", str(not_an_image))
+    expect(page.locator("#error")).to_contain_text("not a usable image")
+    _shot(page, "07-upload-error")
+
+    absent = next(
+        name for name in CHEXPERT_LABELS if all(r["labels"][name] != 1 for r in retriever.index.rows)
+    )
+    page.select_option("#f-label", absent)
+    page.fill("#query", QUERY)
+    page.click("#search-button")
+    expect(page.locator("#status-text")).to_contain_text("No study matches these filters")
+    expect(page.locator(".card")).to_have_count(0)
+    expect(page.locator("#error")).to_be_hidden()
+    _shot(page, "08-no-results")
