@@ -13,6 +13,9 @@ def test_atomic_write_leaves_no_temp_files(tmp_path: Path) -> None:
     atomic_write_text(target, "hello")
     assert target.read_text() == "hello"
     assert sorted(p.name for p in target.parent.iterdir()) == ["out.txt"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
 def test_atomic_directory_success_and_failure(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from radlens.models.text_towers import (
     build_text_tower,
     load_tokenizer,
 )
+from radlens.models.vgg import VGGClassifier, VGGConfig
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -56,6 +57,8 @@ __all__ = [
     "TextTowerConfig",
     "Tokenizer",
     "TowerOutput",
+    "VGGClassifier",
+    "VGGConfig",
     "build_image_tower",
     "build_text_tower",
     "contrastive_loss",
