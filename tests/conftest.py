@@ -11,3 +11,14 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import torch
 
 torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+from radlens.core import set_quiet  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _progress_shown() -> None:
+    """``--quiet`` is process-wide state; a CLI test that sets it must not silence the next test."""
+    set_quiet(False)
