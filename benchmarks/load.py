@@ -1,7 +1,7 @@
 """Load test of the web app on loopback: text search at 1, 8 and 32 concurrent clients.
 
 The server runs in its own process (the app from ``radlens.web.create_app`` on uvicorn, as ``radlens
-serve`` runs it) over a built index — by default the demo's (``radlens demo``). A small asyncio + httpx
+serve`` runs it; series with one and two torch threads, with and without batching) over a built index — by default the demo's (``radlens demo``). A small asyncio + httpx
 client (bounded in time and in requests) sends varied queries; the table gives throughput, p50/p99
 latency, errors, 503 "busy" answers and the server's resident memory before and after each level (it
 should stay flat). A last row runs 32 clients against the default ``--queue 16`` to show back-pressure:
@@ -31,15 +31,17 @@ import numpy as np
 _SERVER = """
 import sys
 import uvicorn
-from radlens.cli.serve_cmd import bind_socket
+from radlens.cli.serve_cmd import bind_socket, set_threads
 from radlens.retrieval.retriever import Retriever
 from radlens.web.app import Settings, create_app
 
-index, model, queue = sys.argv[1], sys.argv[2], int(sys.argv[3])
+index, model = sys.argv[1], sys.argv[2]
+queue, threads, batch = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+set_threads(threads)
 retriever = Retriever.load(index, model)
 sock = bind_socket("127.0.0.1", 0)
 print(sock.getsockname()[1], flush=True)
-app = create_app(retriever, Settings(queue_size=queue))
+app = create_app(retriever, Settings(queue_size=queue, max_batch=batch))
 uvicorn.Server(uvicorn.Config(app, access_log=False, log_level="warning")).run(sockets=[sock])
 """
 
@@ -67,10 +69,19 @@ def queries() -> list[str]:
     ]
 
 
+@dataclass(frozen=True)
+class Config:
+    """Server settings of one series: torch threads, max batch, queue size."""
+
+    threads: int
+    batch: int
+    queue: int
+
+
 @dataclass
 class Level:
     clients: int
-    queue: int
+    config: Config
     requests: int
     errors: int
     busy: int
@@ -130,9 +141,20 @@ async def run_level(
     return out["latencies"], out["errors"], out["busy"], took
 
 
-def start_server(index: str, model: str, queue: int) -> tuple[subprocess.Popen, str]:
+def start_server(index: str, model: str, config: Config) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(
-        [sys.executable, "-c", _SERVER, index, model, str(queue)], stdout=subprocess.PIPE, text=True
+        [
+            sys.executable,
+            "-c",
+            _SERVER,
+            index,
+            model,
+            str(config.queue),
+            str(config.threads),
+            str(config.batch),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert process.stdout is not None
     port = process.stdout.readline().strip()
@@ -151,9 +173,9 @@ def start_server(index: str, model: str, queue: int) -> tuple[subprocess.Popen, 
 
 
 def measure(
-    index: str, model: str, queue: int, levels: list[int], seconds: float, max_requests: int
+    index: str, model: str, config: Config, levels: list[int], seconds: float, max_requests: int
 ) -> list[Level]:
-    process, url = start_server(index, model, queue)
+    process, url = start_server(index, model, config)
     rows = []
     try:
         for clients in levels:
@@ -164,7 +186,7 @@ def measure(
             rows.append(
                 Level(
                     clients=clients,
-                    queue=queue,
+                    config=config,
                     requests=len(latencies),
                     errors=errors,
                     busy=busy,
@@ -206,22 +228,30 @@ def main() -> None:
                 f"{folder} not found: run `radlens demo --no-serve` first (or pass --index/--model)"
             )
     seconds = 5.0 if args.quick else args.seconds
-    rows = measure(args.index, args.model, 64, [1, 8, 32], seconds, args.max_requests)
-    rows += measure(args.index, args.model, 16, [32], seconds, args.max_requests)
+    series = [
+        (Config(threads=1, batch=16, queue=64), [1, 8, 32]),  # the defaults (queue raised for 32 clients)
+        (Config(threads=2, batch=16, queue=64), [1, 8, 32]),  # two torch threads
+        (Config(threads=1, batch=1, queue=64), [8, 32]),  # no batching
+        (Config(threads=1, batch=16, queue=16), [32]),  # default queue: back-pressure
+    ]
+    rows = []
+    for config, levels in series:
+        rows += measure(args.index, args.model, config, levels, seconds, args.max_requests)
     load = os.getloadavg()
     print(
         f"\nMachine: {_cpu_model()}, {os.cpu_count()} cores, load average {load[0]:.1f} at the end; "
         f"Python {platform.python_version()}; client and server on the same machine (loopback)\n"
     )
     print(
-        "| clients | --queue | requests | req/s | p50 ms | p99 ms | errors | 503 busy | RSS before → after (MB) |"
+        "| clients | threads | max batch | queue | requests | req/s | p50 ms | p99 ms | errors | 503 busy | RSS MB before → after |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for row in rows:
+        c = row.config
         print(
-            f"| {row.clients} | {row.queue} | {row.requests} | {row.requests / row.seconds:.1f} | "
-            f"{row.p50_ms:.1f} | {row.p99_ms:.1f} | {row.errors} | {row.busy} | "
-            f"{row.rss_before_mb:.0f} → {row.rss_after_mb:.0f} |"
+            f"| {row.clients} | {c.threads} | {c.batch} | {c.queue} | {row.requests} | "
+            f"{row.requests / row.seconds:.1f} | {row.p50_ms:.1f} | {row.p99_ms:.1f} | {row.errors} | "
+            f"{row.busy} | {row.rss_before_mb:.0f} → {row.rss_after_mb:.0f} |"
         )
 
 

@@ -83,6 +83,17 @@ def _shot(page: Page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
+def _expect_images_loaded(page: Page, selector: str) -> None:
+    """Every image matching ``selector`` finished loading and decoded to real pixels.
+
+    (``expect`` polls without ``eval``, which the page's Content-Security-Policy forbids.)
+    """
+    images = page.locator(selector)
+    for index in range(images.count()):
+        expect(images.nth(index)).to_have_js_property("complete", True)
+        assert images.nth(index).evaluate("image => image.naturalWidth") > 0
+
+
 def _focused_index(page: Page) -> int:
     return int(page.evaluate("Number(document.activeElement.dataset.index ?? -1)"))
 
@@ -98,9 +109,7 @@ def test_search_open_explain_then_search_by_image(page: Page, retriever: Any) ->
     expected = retriever.search_text(QUERY, k=12)
     expect(cards.first.locator(".score")).to_have_text(f"{expected[0].score:.3f}")
     expect(cards.nth(3).locator(".impression")).to_have_text(expected[3].impression)
-    page.wait_for_function(
-        "[...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)"
-    )
+    _expect_images_loaded(page, ".card img")
     _shot(page, "02-text-results")
 
     # Keyboard: arrows walk the grid, Home goes back, Enter opens, Esc closes.
@@ -121,10 +130,10 @@ def test_search_open_explain_then_search_by_image(page: Page, retriever: Any) ->
     expect(marks).to_have_count(len(QUERY.split()))
     assert marks.all_inner_texts() == QUERY.split()
     expect(page.locator("#findings")).to_have_text(retriever.study(expected[0].study_id)["findings"])
-    _shot(page, "03-detail-gradcam")
+    _shot(page, "03-detail-explained")
 
     page.select_option("#x-method", "integrated_gradients")
-    expect(page.locator("#x-status-text")).to_contain_text("Integrated gradients")
+    expect(page.locator("#x-status-text")).to_contain_text("Integrated gradients: similarity")
     expect(page.locator("#legend")).to_contain_text("red raises")  # a signed map gets the signed legend
     page.locator("#x-opacity").fill("30")
     assert page.evaluate("getComputedStyle(overlay).opacity") == "0.3"

@@ -25,13 +25,13 @@ def test_full_queue_answers_503_with_retry_after(retriever: Any, monkeypatch: py
     app = create_app(retriever, Settings(queue_size=2))
     queue = app.state.service.search_queue
     release = threading.Event()
-    real = retriever.search_text
+    real = retriever.embedder.embed_texts
 
     def blocked(*args: Any, **kwargs: Any) -> Any:
         release.wait(timeout=30)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(retriever, "search_text", blocked)
+    monkeypatch.setattr(retriever.embedder, "embed_texts", blocked)
 
     async def scenario() -> tuple[list[int], httpx.Response, httpx.Response]:
         transport = httpx.ASGITransport(app=app)
@@ -76,8 +76,10 @@ def test_logs_hold_no_query_or_report_text(
         client.post("/api/search", json={"text": SECRET * 200}),  # 422: too long
         client.post("/api/search?q=" + SECRET, json={"text": query}),
         client.get(f"/api/studies/{row['study_id']}"),
+        client.get(f"/api/{SECRET}"),  # an unknown path: 404, and the path is not logged
+        client.get("/static/app.css"),
     ]
-    assert [r.status_code for r in responses] == [200, 200, 200, 422, 200, 200]
+    assert [r.status_code for r in responses] == [200, 200, 200, 422, 200, 200, 404, 200]
     out, err = capfd.readouterr()
     # Everything the server side logged or printed (the test's own HTTP client logs its URLs: left out).
     server = [r for r in caplog.records if not r.name.startswith("httpx")]
@@ -89,6 +91,7 @@ def test_logs_hold_no_query_or_report_text(
     assert {entry["request_id"] for entry in access} == {r.headers["x-request-id"] for r in responses}
     routes = [entry["route"] for entry in access]
     assert routes.count("/api/search") == 3 and "/api/studies/{study_id}" in routes
+    assert "(no route)" in routes and "/static/{file}" in routes
     assert not any(row["study_id"] in json.dumps(entry) for entry in access)  # templates, not raw paths
     assert all(entry["method"] in ("GET", "POST") and entry["duration_ms"] >= 0 for entry in access)
     assert sorted(entry["status"] for entry in access) == sorted(r.status_code for r in responses)
@@ -100,7 +103,7 @@ def test_unexpected_errors_are_json_500s_without_their_message(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(f"something mentioning {SECRET}")
 
-    monkeypatch.setattr(retriever, "search_text", broken)
+    monkeypatch.setattr(retriever.embedder, "embed_texts", broken)
     caplog.set_level(logging.DEBUG)
     with TestClient(create_app(retriever), raise_server_exceptions=False) as client:
         response = client.post("/api/search", json={"text": "effusion"})
@@ -167,3 +170,62 @@ def test_page_is_self_contained_and_says_research_use_only(client: Any) -> None:
 def test_swagger_ui_is_not_served_because_it_needs_a_cdn(client: Any) -> None:
     assert client.get("/docs").status_code == 404
     assert client.get("/api/openapi.json").status_code == 200
+
+
+def test_concurrent_searches_are_batched_and_each_gets_its_own_answer(
+    retriever: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = create_app(retriever)
+    queue = app.state.service.search_queue
+    gate = threading.Event()
+    real = retriever.embedder.embed_texts
+    batch_sizes: list[int] = []
+
+    def held(texts: Any, *args: Any, **kwargs: Any) -> Any:
+        batch_sizes.append(len(texts))
+        gate.wait(timeout=30)  # hold the first batch so that the others gather behind it
+        return real(texts, *args, **kwargs)
+
+    monkeypatch.setattr(retriever.embedder, "embed_texts", held)
+    queries = [
+        {"text": "large right pleural effusion", "k": 3},
+        {"text": "left pneumothorax", "k": 5, "filters": {"views": ["PA"]}},
+        {"text": "cardiomegaly", "k": 24, "filters": {"labels": ["Pleural Effusion"]}},
+        {"text": " ".join(["effusion"] * 60), "k": 2},  # longer than the model reads: a notice
+        {"text": "no acute findings", "k": 1, "filters": {"splits": ["train"]}},
+    ]
+
+    async def scenario() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            first = asyncio.create_task(client.post("/api/search", json={"text": "rib fracture"}))
+            while not batch_sizes:
+                await asyncio.sleep(0.01)
+            rest = [asyncio.create_task(client.post("/api/search", json=body)) for body in queries]
+            while queue.pending < 1 + len(queries):
+                await asyncio.sleep(0.01)
+            gate.set()
+            return [await task for task in [first, *rest]]
+
+    responses = asyncio.run(scenario())
+    assert batch_sizes == [1, len(queries)]  # the waiting queries were embedded as one batch
+    monkeypatch.setattr(retriever.embedder, "embed_texts", real)
+    from radlens.retrieval.index import SearchFilter
+
+    for body, response in zip(queries, responses[1:], strict=True):
+        assert response.status_code == 200
+        chosen = body.get("filters", {})
+        filters = SearchFilter(
+            positive=tuple(chosen.get("labels", ())),
+            views=tuple(chosen.get("views", ())),
+            splits=tuple(chosen.get("splits", ())),
+        )
+        expected = retriever.search_text(body["text"], k=body["k"], filters=filters)
+        got = response.json()
+        assert [hit["study_id"] for hit in got["results"]] == [hit.study_id for hit in expected]
+        assert [hit["score"] for hit in got["results"]] == pytest.approx(
+            [hit.score for hit in expected], abs=1e-5
+        )
+        assert [hit["impression"] for hit in got["results"]] == [hit.impression for hit in expected]
+        assert got["notices"] == list(expected.notices)
+    assert responses[4].json()["notices"]  # the long query was flagged

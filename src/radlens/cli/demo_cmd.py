@@ -159,7 +159,7 @@ def demo(
     ),
 ) -> None:
     """Generate RadPhantom data, train the cpu-demo retrieval model, index it and serve the web app."""
-    from radlens.cli.serve_cmd import bind_socket, check_options, start_server
+    from radlens.cli.serve_cmd import bind_socket, check_options, set_threads, start_server
 
     if studies < 24:
         raise InputError(f"--studies must be at least 24 (got {studies})", "the splits need enough studies")
@@ -184,6 +184,7 @@ def demo(
         from radlens.web.app import Settings
 
         _say("[4/4] web app: loading the model ...")
+        set_threads(1)
         retriever = Retriever.load(index, model)
     except BaseException:
         if sock is not None:

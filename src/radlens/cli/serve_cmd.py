@@ -23,13 +23,25 @@ from radlens.core import InputError
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is when a line is logged, not when it was made
+    (test runners and embedding tools swap ``sys.stderr``; a stale one may be closed)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def configure_logging() -> None:
     """JSON access/error lines from ``radlens.web`` on stderr (the messages are JSON already)."""
     logger = logging.getLogger("radlens.web")
-    if not any(getattr(handler, "_radlens", False) for handler in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(handler, _CurrentStderr) for handler in logger.handlers):
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._radlens = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -62,8 +74,12 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def check_options(port: int, max_upload_mb: float, queue: int, cors_origins: list[str]) -> None:
+def check_options(
+    port: int, max_upload_mb: float, queue: int, cors_origins: list[str], threads: int = 1
+) -> None:
     """One-line errors for bad option values."""
+    if not 1 <= threads <= 256:
+        raise InputError(f"--threads must be between 1 and 256 (got {threads})")
     if not 0 <= port <= 65535:
         raise InputError(f"--port must be between 0 and 65535 (got {port})")
     if not 0 < max_upload_mb <= 1024:
@@ -76,6 +92,18 @@ def check_options(port: int, max_upload_mb: float, queue: int, cors_origins: lis
                 f"--cors-origin {origin!r} is not an origin",
                 "pass scheme://host[:port], e.g. http://localhost:3000",
             )
+
+
+def set_threads(threads: int) -> None:
+    """Torch's CPU threads for the model.
+
+    One by default: a query of a few words is a chain of small matrix products, which a second thread
+    barely speeds up while its synchronisation costs a lot on a busy machine (docs/web.md, "Measured");
+    concurrent queries are batched instead, and the other core serves HTTP, images and explanations.
+    """
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def start_server(retriever: Any, settings: Any, sock: socket.socket, host: str) -> None:
@@ -114,15 +142,17 @@ def serve(
     cors_origins: list[str] | None = typer.Option(
         None, "--cors-origin", help="Allow browser calls from this origin (repeatable; default: none)."
     ),
+    threads: int = typer.Option(1, "--threads", help="CPU threads for the model (see docs/web.md)."),
 ) -> None:
     """Serve the search page and JSON API: find X-rays by report, reports by X-ray, and see why."""
     from radlens.retrieval.retriever import Retriever
     from radlens.web.app import Settings
 
     origins = list(cors_origins or [])
-    check_options(port, max_upload_mb, queue, origins)
+    check_options(port, max_upload_mb, queue, origins, threads)
     sock = bind_socket(host, port)  # a taken port fails before the slow model load
     try:
+        set_threads(threads)
         retriever = Retriever.load(index, model)
     except BaseException:
         sock.close()

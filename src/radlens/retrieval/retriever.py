@@ -131,16 +131,47 @@ class Retriever:
         self, text: str, k: int = 10, filters: SearchFilter | None = None, rerank: int = 0
     ) -> SearchResults:
         """The ``k`` indexed studies whose image best matches ``text`` (a report or a few words)."""
-        if not isinstance(text, str) or not text.strip():
-            raise InputError("the query text is empty", "type a few words, e.g. 'left pleural effusion'")
-        self._check(k, rerank)
-        embeds, truncated = self.embedder.embed_texts([text])
-        notices = [_truncation_notice(self.embedder.max_length)] if bool(truncated[0]) else []
-        hits = self.index.search_text_vectors(embeds.numpy(), max(k, rerank), filters)[0]
-        if rerank:
-            hits, notice = self._rerank(hits[:rerank], hits[rerank:], text=text)
-            notices.extend(notice)
-        return SearchResults((_hit(row, rank) for rank, row in enumerate(hits[:k], start=1)), notices)
+        return self.search_texts([text], k, filters, rerank)[0]
+
+    def search_texts(
+        self,
+        texts: Sequence[str],
+        k: int | Sequence[int] = 10,
+        filters: SearchFilter | Sequence[SearchFilter | None] | None = None,
+        rerank: int = 0,
+    ) -> list[SearchResults]:
+        """:meth:`search_text` for several queries, embedded in one batch (the web app batches the
+        queries that arrive together). ``k`` and ``filters`` apply to every query, or give one per query.
+        """
+        count = len(texts)
+        ks = [k] * count if isinstance(k, int) else list(k)
+        chosen = [filters] * count if filters is None or isinstance(filters, SearchFilter) else list(filters)
+        if len(ks) != count or len(chosen) != count:
+            raise InputError(f"{count} queries but {len(ks)} k values and {len(chosen)} filters")
+        for number, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                where = "" if count == 1 else f" (query {number + 1})"
+                raise InputError(
+                    f"the query text is empty{where}", "type a few words, e.g. 'left pleural effusion'"
+                )
+        for one_k in ks:
+            self._check(one_k, rerank)
+        if not texts:
+            return []
+        embeds, truncated = self.embedder.embed_texts(list(texts))
+        vectors = embeds.numpy()
+        results = []
+        for number, text in enumerate(texts):
+            hits = self.index.search_text_vectors(
+                vectors[number : number + 1], max(ks[number], rerank), chosen[number]
+            )[0]
+            notices = [_truncation_notice(self.embedder.max_length)] if bool(truncated[number]) else []
+            if rerank:
+                hits, notice = self._rerank(hits[:rerank], hits[rerank:], text=text)
+                notices.extend(notice)
+            ranked = enumerate(hits[: ks[number]], start=1)
+            results.append(SearchResults((_hit(row, rank) for rank, row in ranked), notices))
+        return results
 
     def search_image(
         self,

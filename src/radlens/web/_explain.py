@@ -56,7 +56,10 @@ class _Similarity(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         if self.side == "image":
-            varying = _project(self.projection, "image", self.dual.encode_image(inputs[0]))
+            pixels = inputs[0]
+            if not pixels.requires_grad:  # a frozen tower's activations need a graph for Grad-CAM
+                pixels = pixels.detach().requires_grad_(True)
+            varying = _project(self.projection, "image", self.dual.encode_image(pixels))
         else:
             varying = _project(self.projection, "text", self.dual.encode_text(inputs[0], inputs[1]))
         return (varying * self.fixed).sum(dim=-1)

@@ -127,12 +127,21 @@ class ServiceMiddleware:
                         "event": "request",
                         "request_id": request_id,
                         "method": scope.get("method"),
-                        "route": getattr(route, "path", None) or "(no route)",
+                        "route": _route_template(route, scope.get("path", "")),
                         "status": state["status"],
                         "duration_ms": round((time.perf_counter() - start) * 1000, 2),
                     }
                 )
             )
+
+
+def _route_template(route: Any, path: str) -> str:
+    """The matched route's template; static files as one template; anything else "(no route)" — a raw
+    path is never logged (a client can put any text in it)."""
+    template = getattr(route, "path", None)
+    if template and not path.startswith("/static/"):
+        return str(template)
+    return "/static/{file}" if path.startswith("/static/") else "(no route)"
 
 
 def _request_id(scope: Scope) -> str:

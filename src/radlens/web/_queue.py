@@ -12,16 +12,18 @@ waiting requests are just suspended coroutines; the only thing missing is the bo
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.to_thread
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class QueueFull(Exception):
@@ -49,7 +51,7 @@ class InferenceQueue:
         self._limiter: anyio.CapacityLimiter | None = None  # created lazily inside the event loop
         self._lock = threading.Lock()
         self._admitted = 0
-        self._mean_seconds = 0.1
+        self._mean_seconds = 0.1  # per call, a running average
         self.completed = 0
         self.rejected = 0
 
@@ -63,30 +65,34 @@ class InferenceQueue:
         backlog = self._admitted * self._mean_seconds / self.workers
         return max(1, math.ceil(backlog))
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on a worker thread; :class:`QueueFull` at once if ``capacity`` are admitted."""
+    def _admit(self) -> None:
+        """Take a slot, or refuse at once with :class:`QueueFull`."""
         with self._lock:
             if self._admitted >= self.capacity:
                 self.rejected += 1
                 raise QueueFull(self.name, self.retry_after())
             self._admitted += 1
-        try:
-            if self._limiter is None:
-                self._limiter = anyio.CapacityLimiter(self.workers)
-            return await anyio.to_thread.run_sync(self._timed, fn, args, limiter=self._limiter)
-        finally:
-            with self._lock:
-                self._admitted -= 1
 
-    def _timed(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    def _done(self, count: int, seconds: float) -> None:
+        """Free ``count`` slots whose work took ``seconds`` in all."""
+        with self._lock:
+            self._admitted -= count
+            self.completed += count
+            self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * seconds / max(count, 1)
+
+    def _limiter_here(self) -> anyio.CapacityLimiter:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.workers)
+        return self._limiter
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on a worker thread; :class:`QueueFull` at once if ``capacity`` are admitted."""
+        self._admit()
         start = time.perf_counter()
         try:
-            return fn(*args)
+            return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter_here())
         finally:
-            elapsed = time.perf_counter() - start
-            with self._lock:
-                self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * elapsed
-                self.completed += 1
+            self._done(1, time.perf_counter() - start)
 
     def stats(self) -> dict[str, int]:
         """Capacity, workers and counters, for the health endpoint."""
@@ -97,3 +103,58 @@ class InferenceQueue:
             "completed": self.completed,
             "rejected": self.rejected,
         }
+
+
+class BatchingQueue(InferenceQueue, Generic[T, R]):
+    """A bounded queue that runs the calls waiting at the same moment as one batch (dynamic batching).
+
+    ``run_batch(items) -> results`` (one result, or an exception instance, per item) runs on one worker
+    thread; while it runs, new items gather, and the next batch takes up to ``max_batch`` of them. No
+    call waits for others to arrive: a lone request is a batch of one. A model embeds 8 short queries in
+    about twice the time of one, so under concurrent load this multiplies throughput.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        capacity: int,
+        run_batch: Callable[[list[T]], list[R | Exception]],
+        max_batch: int = 16,
+    ) -> None:
+        super().__init__(name, capacity, workers=1)
+        self.run_batch = run_batch
+        self.max_batch = max_batch
+        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
+        self._draining: asyncio.Task[None] | None = None
+        self.batches = 0
+
+    async def submit(self, item: T) -> R:
+        """The result for ``item``; :class:`QueueFull` at once if ``capacity`` items are admitted."""
+        self._admit()
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.ensure_future(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
+            items = [item for item, _ in batch]
+            start = time.perf_counter()
+            try:
+                results: list[Any] = await anyio.to_thread.run_sync(self.run_batch, items)
+            except Exception as exc:  # the whole batch failed: every caller gets the error
+                results = [exc] * len(batch)
+            self._done(len(batch), time.perf_counter() - start)
+            self.batches += 1
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():  # the caller went away
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+    def stats(self) -> dict[str, int]:
+        return {**super().stats(), "batches": self.batches}

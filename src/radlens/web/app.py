@@ -47,10 +47,11 @@ from radlens.data.images import load_image
 from radlens.data.schema import CHEXPERT_LABELS
 from radlens.data.transforms import ResizePolicy, resize
 from radlens.retrieval.index import SearchFilter
+from radlens.retrieval.retriever import SearchResults
 from radlens.web._explain import MatchExplainer, data_url
 from radlens.web._images import ImageStore, UploadRejected, decode_upload
 from radlens.web._middleware import BodyTooLarge, ServiceMiddleware
-from radlens.web._queue import InferenceQueue, QueueFull
+from radlens.web._queue import BatchingQueue, InferenceQueue, QueueFull
 from radlens.web.schemas import (
     DEFAULT_K,
     EXPLAIN_METHODS,
@@ -81,12 +82,19 @@ _SAFE_ID = re.compile(ID_PATTERN)
 
 @dataclass(frozen=True)
 class Settings:
-    """Service limits. ``max_pixels``: uploads with more pixels are refused before decoding."""
+    """Service limits and sizes.
+
+    ``max_upload_mb``: largest upload (413 above). ``max_pixels``: uploads with more pixels are refused
+    from their header, before decoding (422). ``queue_size``: requests admitted per queue, running and
+    waiting (503 + Retry-After beyond). ``max_batch``: most text queries embedded in one batch.
+    ``cors_origins``: origins allowed to call the API from a browser (none: CORS off). ``thumb_side`` /
+    ``full_side``: longest side of thumbnails / full images served; ``image_cache``: PNGs kept in memory.
+    """
 
     max_upload_mb: float = 20.0
     max_pixels: int = 40_000_000
     queue_size: int = 16
-    workers: int = 1
+    max_batch: int = 16
     cors_origins: tuple[str, ...] = ()
     thumb_side: int = 192
     full_side: int = 1024
@@ -155,7 +163,10 @@ class _Service:
     def __init__(self, retriever: Any, settings: Settings) -> None:
         self.retriever = retriever
         self.settings = settings
-        self.search_queue = InferenceQueue("search", settings.queue_size, settings.workers)
+        # One model worker; text queries waiting at the same moment are embedded as one batch.
+        self.search_queue: BatchingQueue[_Query, SearchResults] = BatchingQueue(
+            "search", settings.queue_size, self._search_batch, max_batch=settings.max_batch
+        )
         self.explain_queue = InferenceQueue("explain", settings.queue_size, 1)
         self.image_queue = InferenceQueue("image", max(settings.queue_size, 32), 2)
         self.images = ImageStore(settings.thumb_side, settings.full_side, settings.image_cache)
@@ -223,7 +234,7 @@ class _Service:
         """Text → image: the studies whose image best matches the text."""
         start = time.perf_counter()
         filters = _filters(request.filters.labels, request.filters.views, request.filters.splits)
-        results = await self.search_queue.run(self.retriever.search_text, request.text, request.k, filters)
+        results = await self.search_queue.submit(_Query(request.k, filters, text=request.text))
         return _response(results, start)
 
     async def search_image(
@@ -241,7 +252,7 @@ class _Service:
         if len(data) > self.settings.max_upload_bytes:
             raise BodyTooLarge(self.settings.max_upload_bytes, "the image")
         pixels = await self.image_queue.run(decode_upload, data, file.filename, self.settings.max_pixels)
-        results = await self.search_queue.run(self.retriever.search_image, pixels, k, filters)
+        results = await self.search_queue.submit(_Query(k, filters, image=pixels))
         return _response(results, start)
 
     async def study(self, study_id: Annotated[str, PathParam(pattern=ID_PATTERN)]) -> StudyDetail:
@@ -323,10 +334,52 @@ class _Service:
         except InputError as exc:
             raise HTTPException(404, detail="the image cannot be read on the server") from exc
 
+    def _search_batch(self, queries: list[_Query]) -> list[SearchResults | Exception]:
+        """Answer a batch of queries on the worker thread: the texts embedded in one call.
+
+        A query whose own input is bad must not fail the others: when the batched call raises, the
+        texts are answered one by one so each caller gets its own result or error.
+        """
+        results: list[SearchResults | Exception] = [InputError("no query")] * len(queries)
+        texts = [(number, q) for number, q in enumerate(queries) if q.text is not None]
+        try:
+            found = self.retriever.search_texts(
+                [str(q.text) for _, q in texts], [q.k for _, q in texts], [q.filters for _, q in texts]
+            )
+            for (number, _), result in zip(texts, found, strict=True):
+                results[number] = result
+        except Exception:
+            for number, query in texts:
+                results[number] = _attempt(
+                    self.retriever.search_text, str(query.text), query.k, query.filters
+                )
+        for number, query in enumerate(queries):
+            if query.image is not None:
+                results[number] = _attempt(self.retriever.search_image, query.image, query.k, query.filters)
+        return results
+
     def _explain(self, text: str, pixels: np.ndarray, method: str) -> Any:
         if self._explainer is None:  # one explain worker: no race; the copy is made on first use
             self._explainer = MatchExplainer(self.retriever.embedder)
         return self._explainer.explain(text, pixels, method)
+
+
+@dataclass(frozen=True)
+class _Query:
+    """One search for the batching queue: a text or an image, with its own ``k`` and filters."""
+
+    k: int
+    filters: SearchFilter | None
+    text: str | None = None
+    image: np.ndarray | None = None
+
+
+def _attempt(fn: Any, *args: Any) -> Any:
+    """``fn(*args)``, or the exception it raised (for one query of a batch)."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        return exc
 
 
 def _filters(labels: Sequence[str], views: Sequence[str], splits: Sequence[str]) -> SearchFilter | None:

@@ -5,8 +5,8 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const METHOD_NAMES = {
-    gradcam: "Grad-CAM",
     gradcam_pp: "Grad-CAM++",
+    gradcam: "Grad-CAM",
     integrated_gradients: "Integrated gradients",
     smoothgrad: "SmoothGrad",
     gradient: "Gradient",
@@ -398,7 +398,7 @@
   async function explainCurrent() {
     const hit = state.hits[state.current];
     if (!hit || !hit.image_id || !$("detail").open) return;
-    const method = $("x-method").value || "gradcam";
+    const method = $("x-method").value || "gradcam_pp";
     const source = $("x-source").value;
     const key = `${hit.image_id}|${source}|${method}`;
     const seq = ++state.explainSeq;
@@ -406,6 +406,7 @@
     let result = state.explained.get(key);
     if (!result) {
       $("x-spinner").hidden = false;
+      $("overlay").style.opacity = String((0.2 * $("x-opacity").value) / 100); // the old map fades while the new one is computed
       $("x-status-text").textContent = `Computing the explanation (${METHOD_NAMES[method] || method})…`;
       const payload = { image_id: hit.image_id, method };
       if (source === "query") payload.text = state.query;
