@@ -14,8 +14,13 @@ Steady-state speed is measured as a difference, ``(n2 - n1) / (T(n2) - T(n1))`` 
 and every per-step cost counts. Runs are interleaved and the best of ``--repeats`` is kept, because the
 machine may be shared; CPU seconds of the process are reported beside wall time. Target: overhead <= 10%.
 
-    python benchmarks/train_overhead.py --quick   # 64 studies, 8 vs 16 steps, 1 repeat
-    python benchmarks/train_overhead.py           # 160 studies, 20 vs 60 steps, best of 2
+    python benchmarks/train_overhead.py --quick        # 48 studies, 4 vs 12 steps, 1 repeat
+    python benchmarks/train_overhead.py                # 160 studies, 10 vs 40 steps, best of 2
+    python benchmarks/train_overhead.py --threads 1    # one torch thread: steadiest on a busy machine
+
+On a machine other jobs are using, torch's worker threads wait for each other at every operation and
+both wall and CPU time swing by tens of percent between identical runs; ``--threads 1`` removes that
+wait, and CPU seconds per step are then the reliable measure.
 """
 
 from __future__ import annotations
@@ -105,11 +110,14 @@ def _timed(run: Callable[[], None]) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="64 studies, 8 vs 16 steps, 1 repeat")
+    parser.add_argument("--quick", action="store_true", help="48 studies, 4 vs 12 steps, 1 repeat")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
-    studies, (n1, n2), repeats = (64, (8, 16), 1) if args.quick else (160, (20, 60), 2)
+    studies, (n1, n2), repeats = (48, (4, 12), 1) if args.quick else (160, (10, 40), 2)
     repeats = args.repeats or repeats
+    if args.threads:
+        torch.set_num_threads(args.threads)
     set_quiet(True)
     with tempfile.TemporaryDirectory(prefix="radlens-bench-") as tmp:
         root = Path(tmp)

@@ -251,3 +251,4 @@ def test_tensorboard_requested_but_absent(tmp_path: Path, monkeypatch: pytest.Mo
 def test_too_little_data_is_an_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="fewer than one batch"):
         _fit(tmp_path / "small", Points(n=3), _config())
+    assert not (tmp_path / "small").exists()  # refused before writing anything

@@ -15,15 +15,10 @@ from PIL import Image
 from train_helpers import TINY_DUAL, TINY_FUSION, TINY_TRAIN, write_yaml
 
 from radlens.cli import main
-from radlens.cli.app import app
-from radlens.cli.train_cmd import register
 from radlens.models.checkpoint import load_checkpoint, model_fingerprint, read_checkpoint_info
 from radlens.models.dual_encoder import DualEncoder
 from radlens.models.fusion import FusionModel
 from radlens.train.metric import MetricProjection
-
-if not any(group.name == "train" for group in app.registered_groups):
-    register(app)  # until the lead lists radlens.cli.train_cmd in the app's command modules
 
 
 def _train(*args: str) -> int:
@@ -140,6 +135,7 @@ def test_metric_stage_on_the_dual_run(tmp_path: Path, phantom: Path, dual_run: P
     assert isinstance(projection, MetricProjection)
     assert projection.config.base_fingerprint == model_fingerprint(dual_run)
     assert projection.config.source == "dual_encoder" and projection.config.in_dim == TINY_DUAL["embed_dim"]
+    assert read_checkpoint_info(out).extra["base"] == str(dual_run.resolve())
     validation = json.loads((out / "validation.json").read_text())
     assert {"precision@5_before", "precision@5_after"} <= set(validation)
 

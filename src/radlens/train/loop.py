@@ -27,7 +27,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -195,6 +195,7 @@ class Trainer:
     ``save_model`` is the registered radlens model written to checkpoints (default ``model``): pass it
     when ``model`` is a training wrapper around it sharing its parameters. ``run_config`` is the full
     resolved config written to ``config.yaml`` and compared on resume (default ``config``).
+    ``checkpoint_extra`` (JSON) is added to every checkpoint's ``extra`` beside ``step``.
     """
 
     def __init__(
@@ -207,6 +208,7 @@ class Trainer:
         collate_fn: Callable[[list[Any]], Any] | None = None,
         run_config: Config | None = None,
         save_model: nn.Module | None = None,
+        checkpoint_extra: Mapping[str, Any] | None = None,
         description: str = "training",
     ) -> None:
         self.model, self.train_data, self.config = model, train_data, config
@@ -219,6 +221,7 @@ class Trainer:
                 f"{type(self.save_model).__name__} is not a registered radlens model: pass save_model, the "
                 "registered model it trains (radlens.models.checkpoint.register_model)"
             )
+        self.checkpoint_extra = dict(checkpoint_extra or {})
         self.description = description
 
     def fit(self, resume: bool = False) -> TrainResult:
@@ -246,6 +249,15 @@ class Trainer:
     def _fit(self, accelerator: Accelerator, resume: bool) -> TrainResult:
         config, out = self.config, self.out_dir
         saved = self._resume_state(accelerator.num_processes) if resume else None
+        step = saved.step if saved is not None else 0
+        sampler = StepSampler(
+            len(self.train_data),  # type: ignore[arg-type]
+            config.batch_size,
+            config.seed,
+            start=step * config.grad_accum,
+            num_processes=accelerator.num_processes,
+            process_index=accelerator.process_index,
+        )
         if saved is None:
             if list_checkpoints(out):
                 raise InputError(
@@ -266,15 +278,6 @@ class Trainer:
         module, optimizer = accelerator.prepare(module, optimizer)
         if saved is not None and saved.scaler is not None and accelerator.scaler is not None:
             accelerator.scaler.load_state_dict(saved.scaler)
-        step = saved.step if saved is not None else 0
-        sampler = StepSampler(
-            len(self.train_data),  # type: ignore[arg-type]
-            config.batch_size,
-            config.seed,
-            start=step * config.grad_accum,
-            num_processes=accelerator.num_processes,
-            process_index=accelerator.process_index,
-        )
         loader = DataLoader(
             _EpochIndexed(self.train_data),
             batch_sampler=sampler,
@@ -293,7 +296,8 @@ class Trainer:
         with _progress(accelerator, self.description, config.max_steps, step) as bar:
             run.train(iter(loader), bar)
         if accelerator.is_main_process:
-            _write_root_model(self.save_model, out, {"step": run.step, "train_loss": log.last_loss()})
+            extra = {**self.checkpoint_extra, "step": run.step, "train_loss": log.last_loss()}
+            _write_root_model(self.save_model, out, extra)
             _write_loss_curve(out / CURVE_NAME, log.records)
         accelerator.wait_for_everyone()
         return TrainResult(
@@ -427,12 +431,14 @@ class _Run:
             out = self.trainer.out_dir
             model = self.trainer.save_model
             with atomic_directory(checkpoint_dir(out, self.step), overwrite=True) as tmp:
-                save_checkpoint(model, tmp, extra={"step": self.step}, overwrite=True)
+                extra = {**self.trainer.checkpoint_extra, "step": self.step}
+                save_checkpoint(model, tmp, extra=extra, overwrite=True)
                 scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
                 write_training_state(
                     tmp,
                     step=self.step,
                     micro_batches=self.step * self.config.grad_accum,
+                    epoch=self.step * self.config.grad_accum / self.sampler.batches_per_epoch,
                     run_config=self.trainer.run_config.model_dump(mode="json"),
                     seconds=self.seconds(),
                     optimizer=self.optimizer.state_dict(),

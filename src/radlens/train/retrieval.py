@@ -422,6 +422,7 @@ def _train_fusion(
         collate_fn=ITMCollator(model.tokenizer, config.fusion.max_text_length),
         run_config=config,
         save_model=model,
+        checkpoint_extra={"negatives": config.negatives},
         description="fusion model",
     )
     return trainer.fit(resume), model
@@ -521,6 +522,7 @@ def _train_metric(
         out,
         run_config=config,
         save_model=projection,
+        checkpoint_extra={"base": os.path.abspath(config.base or "")},
         description="metric projection",
     )
     return trainer.fit(resume), projection
@@ -569,6 +571,11 @@ def train_retrieval(
         assert config.fusion is not None
         image_size = config.fusion.image_size
     train, validate, problems = _read_splits(config)
+    if len(train) < config.train.batch_size:
+        raise InputError(
+            f"{len(train)} training studies, fewer than one batch of {config.train.batch_size}",
+            "lower train.batch_size in --config or use more data",
+        )
     if not resume and overwrite and out.exists():
         shutil.rmtree(out)  # --overwrite: the old run goes (only once the inputs are known to be good)
     train_set, val_set, data_problems = _datasets(config, out, image_size, train, validate)

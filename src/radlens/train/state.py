@@ -5,7 +5,8 @@ A checkpoint is a folder ``checkpoint-STEP/`` in the run folder::
     checkpoint-STEP/
         config.json, model.safetensors      the model (radlens.models.checkpoint: loadable on its own)
         training_state/
-            state.json                      step, micro-batches consumed, processes, run config, elapsed
+            state.json                      step, micro-batches consumed (the data position), epoch,
+                                            processes, run config, elapsed seconds
             optimizer.safetensors/.json     AdamW state tensors / everything else (param groups, steps)
             scheduler.json                  the LambdaLR state (and the fp16 grad scaler, if any)
             rng.safetensors/.json           torch (and CUDA) generator states / Python and NumPy state,
@@ -142,6 +143,7 @@ def write_training_state(
     *,
     step: int,
     micro_batches: int,
+    epoch: float,
     run_config: Mapping[str, Any],
     seconds: float,
     optimizer: Mapping[str, Any],
@@ -157,6 +159,7 @@ def write_training_state(
         "format": STATE_FORMAT,
         "step": step,
         "micro_batches": micro_batches,
+        "epoch": epoch,
         "num_processes": len(rng),
         "seconds": seconds,
         "run_config": dict(run_config),
