@@ -180,7 +180,9 @@ def test_model_state_is_restored(images64: torch.Tensor) -> None:
     assert model.training and model.dropout.training and relu.inplace
 
 
-def test_every_method_is_documented_and_returns_heatmaps(vgg64: nn.Module, images64: torch.Tensor) -> None:
+def test_every_method_returns_heatmaps_with_the_declared_sign(
+    vgg64: nn.Module, images64: torch.Tensor
+) -> None:
     quick = {
         "smoothgrad": {"n_samples": 2},
         "integrated_gradients": {"n_steps": 4},

@@ -138,3 +138,34 @@ def test_fixed_text_fusion_matches_the_full_model(fusion: FusionModel) -> None:
         expected = FusionMatch(fusion)(images, encoded["input_ids"], encoded["attention_mask"]).itm_logits
         torch.testing.assert_close(fixed(images).itm_logits, expected)
     assert fixed.token_layout.grid == (4, 4) and fixed.cam_layer == "model.vilt.encoder.layer.1"
+
+
+def test_dual_encoder_subject_scores_the_finding_prompt(dual: DualEncoder) -> None:
+    from radlens.explain._eval_data import subject_for
+
+    images = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(6))
+    subject = subject_for(dual, "dual_encoder", "Pleural Effusion", 32)
+    expected = dual.similarity(images, ["there is pleural effusion."])[:, 0]
+    with torch.no_grad():
+        torch.testing.assert_close(subject.probability(images), expected)
+
+
+def test_rollout_ignores_the_itm_head_so_randomising_the_head_fails_it(fusion: FusionModel) -> None:
+    from radlens.explain import explain
+    from radlens.explain._eval_data import subject_for
+    from radlens.explain.evaluate import cascading_randomisation
+
+    subject = subject_for(fusion, "fusion", "Cardiomegaly", 64)
+    images = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(7))
+
+    def maps(model: torch.nn.Module, method: str) -> torch.Tensor:
+        options = subject.defaults.get(method, {})
+        heatmap = explain(model, images, subject.target, method=method, **options).heatmap
+        assert heatmap is not None
+        return heatmap
+
+    rollout = cascading_randomisation(subject.model, images, lambda m: maps(m, "attention_rollout"), layers=2)
+    assert rollout.layers == ["model.itm_score", "model.vilt.pooler.dense"]
+    assert rollout.spearman == pytest.approx([1.0, 1.0]) and not rollout.passed  # class-agnostic by design
+    gradient = cascading_randomisation(subject.model, images, lambda m: maps(m, "gradient"), layers=2)
+    assert gradient.passed

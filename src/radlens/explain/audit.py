@@ -352,13 +352,15 @@ def audit_figure(
     sample: EvalSample,
 ) -> None:
     """Top: marker and lesion shares per method for both models (dashed: the marker's area share).
-    Below: one test image with the lesion (green) and marker (cyan) outlined, and each model's maps."""
+    Below: one test image with the lesion (green) and marker (cyan) outlined, and each model's maps
+    (signed maps: blue–white–red, saturated at the 99th percentile of |relevance|)."""
     import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from radlens.core import atomic_write_bytes
+    from radlens.explain.render import colour_mapping
 
     methods = list(config.methods)
     figure = Figure(figsize=(2.4 * (len(methods) + 1), 7.6), dpi=100)
@@ -392,13 +394,17 @@ def audit_figure(
             e = explain(model, sample.image.unsqueeze(0), config.finding, method=method, **options)
             assert e.heatmap is not None
             heat = e.heatmap[0].detach().float().numpy()
-            limit = float(np.abs(heat).max()) or 1.0
             axis = figure.add_subplot(grid[row, column])
             axis.imshow(image, cmap="gray", vmin=0, vmax=1)
             if e.signed:
-                axis.imshow(heat, cmap="bwr", vmin=-limit, vmax=limit, alpha=0.7)
+                # Pixel maps are spiky: the colour scale ends at the 99th percentile of |relevance| (the
+                # few pixels above it saturate), and colour fades in with |relevance| (zero: the image).
+                limit = float(np.percentile(np.abs(heat), 99)) or 1.0
+                alpha = np.clip(np.abs(heat) / limit, 0.0, 1.0) * 0.9
+                axis.imshow(heat, cmap="bwr", vmin=-limit, vmax=limit, alpha=alpha)
             else:
-                axis.imshow(heat, cmap="inferno", vmin=0, vmax=limit, alpha=0.6)
+                cmap, norm = colour_mapping(heat, False)
+                axis.imshow(heat, cmap=cmap, norm=norm, alpha=0.6)
             axis.contour(sample.masks[MARKER_KEY], levels=[0.5], colors="cyan", linewidths=0.6)
             axis.set_title(method, fontsize=8)
             axis.set_axis_off()

@@ -351,7 +351,7 @@ def evaluate_explanations(config: ExplainEvalConfig, out: Path, overwrite: bool 
                 for row in method_rows:
                     row.update(method=method, finding=finding)
                 rows += method_rows
-                scores[method][finding] = _summarise(method_rows, seconds / len(batch), tolerance)
+                scores[method][finding] = _summarise(method_rows, seconds / len(batch))
                 if config.examples:
                     _write_examples(
                         tmp / "examples",
@@ -408,7 +408,7 @@ def _score_images(
     return rows
 
 
-def _summarise(rows: list[dict[str, Any]], seconds: float, tolerance: int) -> FindingScores:
+def _summarise(rows: list[dict[str, Any]], seconds: float) -> FindingScores:
     keys = (
         "pointing_game",
         "pointing_chance",
@@ -506,12 +506,14 @@ def to_markdown(result: ExplainEvalResult) -> str:
         lines += [
             f"### Model-parameter randomisation (cascading; passes below ρ = {RANDOMISATION_PASS})",
             "",
-            "| method | Spearman ρ per stage (top layer first) | pass |",
-            "|---|---|---|",
+            "| method | Spearman ρ per stage (top layer first) | ρ of absolute maps, last stage | pass |",
+            "|---|---|---|---|",
         ]
         for method, r in result.randomisation.items():
             stages = ", ".join(f"{v:.2f}" for v in r.spearman)
-            lines.append(f"| {method} | {stages} | {'yes' if r.passed else 'NO'} |")
+            lines.append(
+                f"| {method} | {stages} | {r.spearman_abs[-1]:.2f} | {'yes' if r.passed else 'NO'} |"
+            )
         lines.append("")
     if result.problems:
         lines.append(f"{len(result.problems)} items skipped (see results.json).")
