@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.radlens-installed
 DEMO_DIR ?= demo
+DEMO_ARGS ?=
 
 .PHONY: install browser demo test lint typecheck unit clean
 
@@ -25,10 +26,10 @@ install: $(STAMP)
 browser:
 	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
+# RadPhantom data (+ phantom_grid.png) → cpu-demo retrieval model → index → the web app; a second run
+# reuses what exists. DEMO_ARGS="--no-serve" stops before serving, DEMO_ARGS="--port 0" takes any port.
 demo: install
-	$(VENV)/bin/radlens phantom generate --out $(DEMO_DIR)/phantom --studies 48 --size 256 --seed 0 --overwrite
-	$(VENV)/bin/radlens phantom show $(DEMO_DIR)/phantom --out $(DEMO_DIR)/phantom_grid.png
-	@echo "RadPhantom dataset: $(DEMO_DIR)/phantom   picture grid: $(DEMO_DIR)/phantom_grid.png"
+	$(VENV)/bin/radlens demo --out $(DEMO_DIR) $(DEMO_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

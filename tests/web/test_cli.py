@@ -10,6 +10,7 @@ import pytest
 import torch
 import typer
 import uvicorn
+from PIL import Image
 from typer.testing import CliRunner
 
 from radlens.cli import demo_cmd, serve_cmd
@@ -106,7 +107,7 @@ dual_encoder:
 
 
 def _stamps(out: Path) -> dict[str, int]:
-    files = ("phantom/manifest.json", "model/model.safetensors", "index/index.json")
+    files = ("phantom/manifest.json", "phantom_grid.png", "model/model.safetensors", "index/index.json")
     return {name: (out / name).stat().st_mtime_ns for name in files}
 
 
@@ -134,6 +135,8 @@ def test_demo_builds_each_step_once_then_reuses_it(cli: typer.Typer, tmp_path: P
     built = _stamps(out)
     assert len(Retriever.load(out / "index", out / "model")) == 24
     assert (out / "config.yaml").is_file() and (out / "versions.json").is_file()
+    with Image.open(out / "phantom_grid.png") as grid:  # 16 tiles of the 24 studies, 4 columns
+        assert grid.width > 4 * 64 and grid.height > grid.width // 2
 
     second = runner.invoke(cli, args)
     assert second.exit_code == 0, second.output

@@ -4,6 +4,7 @@ Each step is skipped when its output already exists and is valid, so a second ru
 and serves (within seconds). A step whose input was just rebuilt runs again, like ``make``:
 
 1. ``OUT/phantom``: a RadPhantom dataset; valid when its ``manifest.json`` records the same options.
+   ``OUT/phantom_grid.png`` shows its first 16 studies with their masks and labels.
 2. ``OUT/model``: ``radlens train retrieval --model dual --preset cpu-demo``; valid when the final model
    and ``validation.json`` are there. An interrupted training run is resumed exactly.
 3. ``OUT/index``: ``radlens index build`` over every study; valid when it opens and was built by
@@ -88,6 +89,15 @@ def _generate(config: DemoConfig, folder: Path) -> None:
     generate_dataset(
         PhantomConfig(studies=config.studies, size=config.size, seed=config.seed), folder, overwrite=True
     )
+    _grid(folder)
+
+
+def _grid(folder: Path) -> Path:
+    """``phantom_grid.png`` beside the dataset: its first 16 studies, masks outlined, labels listed."""
+    from radlens.data.readers.mimic import read_mimic
+    from radlens.phantom.grid import write_grid
+
+    return write_grid(read_mimic(folder).records[:16], folder.parent / "phantom_grid.png")
 
 
 def _train(config: DemoConfig, data: Path, folder: Path) -> None:
@@ -135,6 +145,8 @@ def prepare(config: DemoConfig) -> tuple[Path, Path]:
         ("search index", index, lambda: index_is_valid(index, model), lambda: _index(data, model, index)),
     ]
     rebuilt = False
+    if phantom_is_valid(data, config) and not (out / "phantom_grid.png").is_file():
+        _grid(data)
     for number, (name, folder, is_valid, build) in enumerate(steps, start=1):
         if not rebuilt and is_valid():
             _say(f"[{number}/4] {name}: {folder} (already there, reused)")
