@@ -12,7 +12,13 @@ from scipy import ndimage
 from radlens.core import InputError
 from radlens.phantom._anatomy import RIB_WIDTH, make_geometry, rib_phase
 from radlens.phantom._raster import Frame
-from radlens.phantom.render import RenderedStudy, cardiothoracic_ratio, mask_slug, render_study
+from radlens.phantom.render import (
+    CONFOUNDER_TEXT,
+    RenderedStudy,
+    cardiothoracic_ratio,
+    mask_slug,
+    render_study,
+)
 from radlens.phantom.spec import SPATIAL_FINDINGS, Anatomy, Finding, StudySpec
 
 SIZE = 128
@@ -328,12 +334,14 @@ def test_clinical_style_differs_measurably_from_clean() -> None:
         assert np.array_equal(clean.anatomy_masks["thorax"], clinical.anatomy_masks["thorax"])
 
 
-def test_confounder_marker_iff_requested() -> None:
+@pytest.mark.parametrize("kind", ["marker", "text"])
+def test_confounder_token_iff_requested(kind: str) -> None:
+    shapes = []
     for seed in range(6):
         spec = make_spec(900 + seed, style=("clean", "clinical")[seed % 2])
         plain, marked = (
             render_study(spec, SIZE),
-            render_study(dataclasses.replace(spec, confounder=True), SIZE),
+            render_study(dataclasses.replace(spec, confounder=True, confounder_kind=kind), SIZE),
         )
         assert "confounder" not in plain.anatomy_masks
         token = marked.anatomy_masks["confounder"]
@@ -342,6 +350,14 @@ def test_confounder_marker_iff_requested() -> None:
         lungs = marked.anatomy_masks["right_lung"] | marked.anatomy_masks["left_lung"]
         assert not (ndimage.binary_dilation(token, iterations=5) & lungs).any()
         assert marked.image[token].mean() > 200
+        rows, cols = np.nonzero(token)
+        shapes.append((cols.max() - cols.min() + 1) / (rows.max() - rows.min() + 1))
+        pieces = ndimage.label(token)[1]  # one ring; letters (thin strokes may split at small sizes)
+        assert pieces == 1 if kind == "marker" else pieces >= len(CONFOUNDER_TEXT)
+    if kind == "text":  # a line of letters: wider than tall; the ring is as wide as it is tall
+        assert min(shapes) > 2.0
+    else:
+        assert max(abs(shape - 1.0) for shape in shapes) < 0.1
 
 
 # ------------------------------------------------------------------------------- determinism and sizes

@@ -172,6 +172,9 @@ def test_confounder_flag_follows_config() -> None:
     assert any(s.confounder for s in specs)
     assert all(s.confounder == s.has("Pneumothorax") for s in specs)
     assert not any(s.confounder for s in sample_studies(PhantomConfig(studies=100)))
+    assert {s.confounder_kind for s in specs} == {"marker"}
+    text = config.model_copy(update={"confounder": config.confounder.model_copy(update={"kind": "text"})})
+    assert {s.confounder_kind for s in sample_studies(text)} == {"text"}
 
 
 def test_style_passes_through() -> None:

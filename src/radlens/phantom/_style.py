@@ -89,11 +89,27 @@ def clinical_finish(
     return np.asarray(pil)
 
 
-def _text(draw: ImageDraw.ImageDraw, text: str, corner: int, size: int, height: float, fill: int) -> None:
-    """Draw ``text`` in a corner, inset from the border."""
+def text_mask(text: str, corner: int, size: int, height: float, inset: float) -> np.ndarray:
+    """The pixels of ``text`` drawn ``height * size`` tall in ``corner``, ``inset * size`` from its
+    borders, as a boolean ``(size, size)`` mask (for burned-in text that needs its own mask)."""
+    canvas = Image.new("L", (size, size), 0)
+    _text(ImageDraw.Draw(canvas), text, corner, size, height, fill=255, inset=inset)
+    return np.asarray(canvas) >= 128
+
+
+def _text(
+    draw: ImageDraw.ImageDraw,
+    text: str,
+    corner: int,
+    size: int,
+    height: float,
+    fill: int,
+    inset: float = 0.065,  # inside the widest collimation border (4 %)
+) -> None:
+    """Draw ``text`` in a corner, ``inset * size`` from the borders."""
     font = _font(int(height * size))
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    margin = int(0.065 * size)  # inside the widest collimation border (4 %)
+    margin = int(inset * size)
     x = margin if corner in (0, 2) else size - margin - (right - left)
     y = margin if corner in (0, 1) else size - margin - (bottom - top)
     draw.text((x - left, y - top), text, fill=fill, font=font)

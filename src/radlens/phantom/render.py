@@ -16,7 +16,7 @@ from radlens.core import InputError
 from radlens.phantom._anatomy import draw_body, make_geometry
 from radlens.phantom._findings import draw_findings
 from radlens.phantom._raster import Frame, upsample2, upsample2_mask
-from radlens.phantom._style import add_noise, clinical_finish, develop, to_uint8
+from radlens.phantom._style import add_noise, clinical_finish, develop, text_mask, to_uint8
 from radlens.phantom.spec import StudySpec
 
 MIN_SIZE, MAX_SIZE = 64, 1024
@@ -75,11 +75,29 @@ def render_study(spec: StudySpec, size: int) -> RenderedStudy:
         anatomy_masks = {name: upsample2_mask(mask) for name, mask in anatomy_masks.items()}
     corner = None
     if spec.confounder:
-        corner, anatomy_masks["confounder"] = _place_marker(display, rng)
+        place = _place_text if spec.confounder_kind == "text" else _place_marker
+        corner, anatomy_masks["confounder"] = place(display, rng)
     pixels = to_uint8(add_noise(display, anatomy, spec.style, rng))
     if spec.style == "clinical":
         pixels = clinical_finish(pixels, anatomy, rng, avoid=corner)
     return RenderedStudy(pixels, finding_masks, anatomy_masks)
+
+
+#: The burned-in text of the ``text`` confounder: a department stamp that a shortcut can key on.
+CONFOUNDER_TEXT = "STAT"
+
+
+def _place_text(display: np.ndarray, rng: np.random.Generator) -> tuple[int, np.ndarray]:
+    """Burned-in text in a random image corner (detector coordinates, clear of the lungs).
+
+    Returns the corner (0 TL, 1 TR, 2 BL, 3 BR) and the text's mask.
+    """
+    size = display.shape[0]
+    corner = int(rng.integers(0, 4))
+    inset = 0.1 + float(rng.uniform(-0.01, 0.01))  # as the marker: clear of collimation borders
+    mask = text_mask(CONFOUNDER_TEXT, corner, size, height=0.05, inset=inset)
+    display[mask] = np.maximum(display[mask], np.float32(0.93))
+    return corner, mask
 
 
 def _place_marker(display: np.ndarray, rng: np.random.Generator) -> tuple[int, np.ndarray]:

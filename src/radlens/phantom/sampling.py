@@ -112,6 +112,7 @@ def sample_studies(config: PhantomConfig) -> list[StudySpec]:
                     findings=findings,
                     style=config.style,
                     confounder=_confounder(rng, findings, config),
+                    confounder_kind=config.confounder.kind,
                     negated=negated,
                 )
             )

@@ -83,6 +83,7 @@ class StudySpec:
     findings: list[Finding] = field(default_factory=list)
     style: Style = "clean"
     confounder: bool = False  # a marker / burned-in text is placed (see PhantomConfig.confounder)
+    confounder_kind: Literal["marker", "text"] = "marker"  # which, when placed
     negated: tuple[str, ...] = ()  # findings the report explicitly negates (label 0)
 
     def present(self) -> list[Finding]:
@@ -95,7 +96,11 @@ class StudySpec:
 
 
 class ConfounderConfig(Config):
-    """A shortcut to test models against: a marker placed with ``probability`` in studies with ``finding``."""
+    """A shortcut to test models against: a token placed with ``probability`` in studies with ``finding``.
+
+    ``kind``: ``marker``, a bright ring token; ``text``, burned-in text ("STAT"), as a department stamp
+    would be. Either goes in a random image corner, never over the lungs, with its own mask.
+    """
 
     enabled: bool = False
     finding: str = "Pleural Effusion"
