@@ -275,10 +275,18 @@ def test_retrieval_report_matches_the_metric_functions(embeddings: tuple) -> Non
         "median_rank",
         "mrr",
         "precision@5",
+        "precision@5_best_possible",
         "precision@10",
+        "precision@10_best_possible",
         "map@10",
     ]
-    keys += ["precision@5_share_positive", "precision@10_share_positive", "map@10_share_positive"]
+    keys += [
+        "precision@5_share_positive",
+        "precision@5_share_positive_best_possible",
+        "precision@10_share_positive",
+        "precision@10_share_positive_best_possible",
+        "map@10_share_positive",
+    ]
     for direction, scores in (("image_to_text", images @ texts.T), ("text_to_image", texts @ images.T)):
         result = report[direction]
         assert list(result) == keys
@@ -295,6 +303,10 @@ def test_retrieval_report_matches_the_metric_functions(embeddings: tuple) -> Non
             assert result[f"precision@5{suffix}"] == pytest.approx(precision_at_k(scores, relevance, 5))
             assert result[f"precision@10{suffix}"] == pytest.approx(precision_at_k(scores, relevance, 10))
             assert result[f"map@10{suffix}"] == pytest.approx(map_at_k(scores, relevance, 10))
+            for k in (5, 10):  # what a ranking that puts every relevant item first scores
+                perfect = precision_at_k(relevance.astype(np.float32), relevance, k)
+                assert result[f"precision@{k}{suffix}_best_possible"] == pytest.approx(perfect)
+                assert result[f"precision@{k}{suffix}"] <= perfect + 1e-9
 
 
 def test_retrieval_report_perfect_and_shuffled_pairs(embeddings: tuple) -> None:

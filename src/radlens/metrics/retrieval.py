@@ -194,6 +194,9 @@ def _direction(scores: np.ndarray, relevance: dict[str, np.ndarray], ks: Sequenc
             if k > 1:
                 hits = ranked[:, :k].sum(axis=1)
                 result[f"precision@{k}{suffix}"] = _mean_over_relevant(hits / k, n_relevant)
+                # The best any ranking can score: a query with fewer than k relevant items cannot fill k.
+                best = np.minimum(n_relevant, k) / k
+                result[f"precision@{k}{suffix}_best_possible"] = _mean_over_relevant(best, n_relevant)
         average = _average_precision(ranked, n_relevant, top)
         result[f"map@{top}{suffix}"] = _mean_over_relevant(average, n_relevant)
     return result
@@ -207,7 +210,9 @@ def retrieval_report(
     Scores are inner products (cosine for L2-normalised embeddings). Each direction has
     ``recall@k`` (k in ``ks``), ``median_rank``, ``mrr``, ``precision@k`` (k in ``ks``, k > 1) and
     ``map@max(ks)`` under "identical" label relevance, and the same label-aware metrics with a
-    ``_share_positive`` suffix under the looser "share_positive" relevance.
+    ``_share_positive`` suffix under the looser "share_positive" relevance. Beside each precision,
+    ``..._best_possible`` is what a perfect ranking would score: in a pool where some label sets have
+    fewer than k members, even it cannot reach 1.
     """
     images = np.asarray(image_emb, dtype=np.float32)
     texts = np.asarray(text_emb, dtype=np.float32)

@@ -316,16 +316,30 @@ def to_markdown(
             ("", "identical label set"),
             ("_share_positive", "shares a positive label"),
         ):
-            metrics = ("precision@5", "precision@10", "map@10")
+            values = report[key]
             label_rows.append(
-                [name, relevance, *(f"{report[key][metric + suffix]:.3f}" for metric in metrics)]
+                [
+                    name,
+                    relevance,
+                    *(
+                        f"{values[f'precision@{k}{suffix}']:.3f} "
+                        f"({values[f'precision@{k}{suffix}_best_possible']:.3f})"
+                        for k in (5, 10)
+                    ),
+                    f"{values[f'map@10{suffix}']:.3f}",
+                ]
             )
     parts = [
         f"# Retrieval results\n\n{count} studies from {where}.\n",
         "## Exact pair\n",
         _table(["direction", "R@1", "R@5", "R@10", "median rank", "MRR"], exact),
         "## Label-aware\n",
-        _table(["direction", "relevant when", "P@5", "P@10", "mAP@10"], label_rows),
+        "Precision in brackets: the best any ranking could score in this pool (label sets with fewer "
+        "than k studies cannot fill k places).\n",
+        _table(
+            ["direction", "relevant when", "P@5 (best possible)", "P@10 (best possible)", "mAP@10"],
+            label_rows,
+        ),
     ]
     if fusion:
         lines = [
