@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from _machine import cpu_model
 from radlens.core import set_quiet
 from radlens.data import CHEXPERT_LABELS
 from radlens.data.readers import read_mimic
@@ -106,16 +107,6 @@ def _time(repeats: int, **kwargs: object) -> tuple[float, float, int]:
     return statistics.median(walls), statistics.median(cpus), count
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=10_000)
@@ -142,7 +133,9 @@ def main() -> None:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"Machine: {_cpu()}, {os.cpu_count()} cores, load {load:.1f}; Python {platform.python_version()}")
+    print(
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores, load {load:.1f}; Python {platform.python_version()}"
+    )
     print(f"Tree: {args.studies} studies ({built}); median of {args.repeats} warm-cache runs\n")
     print("| what | studies read | wall s | CPU s (all threads) | studies / s (wall) | target (wall) |")
     print("|---|---:|---:|---:|---:|---|")

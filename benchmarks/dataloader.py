@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import tempfile
 import time
@@ -37,20 +36,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from _machine import cpu_model
 from radlens.data.cache import ImageCache
 from radlens.data.dataset import ImageDataset, collate
 from radlens.data.transforms import Augmentation, ResizePolicy, train_augmentation
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _base_fields(count: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -167,7 +156,7 @@ def main() -> None:
         results = measure(runs, args.batch, args.workers, passes)
 
     load = os.getloadavg()[0]
-    print(f"\nMachine: {_cpu_model()}, {os.cpu_count()} cores (load average {load:.1f} at the end)")
+    print(f"\nMachine: {cpu_model()}, {os.cpu_count()} cores (load average {load:.1f} at the end)")
     print(
         f"{count} JPEGs of {args.source_size}x{args.source_size} (written in {generate_s:.1f} s) -> "
         f"{args.size} px, batch {args.batch}, {args.workers} workers, best of {passes} interleaved pass(es)\n"

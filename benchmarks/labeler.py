@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from _machine import cpu_model
 from radlens.data import labeler
 from radlens.data.labeler import label_report
 from radlens.data.reports import parse_report, split_sentences
@@ -32,16 +33,6 @@ from radlens.phantom.sampling import sample_studies
 from radlens.phantom.spec import PhantomConfig
 
 _SENTENCES = Path(__file__).resolve().parents[1] / "tests" / "data" / "labeler_sentences.tsv"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _rate(function: Callable[[str], object], texts: list[str], repeats: int) -> float:
@@ -84,7 +75,7 @@ def main() -> None:
         ("parse_report only, RadPhantom reports", phantom, parse_report),
         ("split_sentences only, RadPhantom reports", phantom, split_sentences),
     ]
-    print(f"Machine: {_cpu_name()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, ")
+    print(f"Machine: {cpu_model()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, ")
     print(f"load average {os.getloadavg()[0]:.1f} (one thread used; CPU time, best of {repeats})\n")
     print("| what | texts | mean characters | texts / s (one core) |")
     print("|---|---:|---:|---:|")

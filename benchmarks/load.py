@@ -28,6 +28,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from _machine import cpu_model
+
 _SERVER = """
 import sys
 import uvicorn
@@ -203,17 +205,6 @@ def measure(
     return rows
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--index", default="demo/index")
@@ -239,7 +230,7 @@ def main() -> None:
         rows += measure(args.index, args.model, config, levels, seconds, args.max_requests)
     load = os.getloadavg()
     print(
-        f"\nMachine: {_cpu_model()}, {os.cpu_count()} cores, load average {load[0]:.1f} at the end; "
+        f"\nMachine: {cpu_model()}, {os.cpu_count()} cores, load average {load[0]:.1f} at the end; "
         f"Python {platform.python_version()}; client and server on the same machine (loopback)\n"
     )
     print(

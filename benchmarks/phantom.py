@@ -20,23 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from _machine import cpu_model
 from radlens.core import set_quiet
 from radlens.phantom.render import render_study
 from radlens.phantom.report import write_report
 from radlens.phantom.sampling import sample_studies
 from radlens.phantom.spec import PhantomConfig
-from radlens.phantom.writer import _Folders, _resolve_workers, _write_study, generate_dataset
-
-
-def cpu_model() -> str:
-    """The CPU model name (Linux /proc/cpuinfo; the platform string elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from radlens.phantom.writer import generate_dataset, write_studies
 
 
 def time_dataset(studies: int, size: int, workers: int, where: Path) -> float:
@@ -63,10 +53,8 @@ def breakdown(studies: int, size: int, where: Path) -> tuple[float, float, float
         write_report(spec)
     report_ms = (time.perf_counter() - start) * 1000 / studies
     with tempfile.TemporaryDirectory(dir=where) as folder:
-        folders = _Folders(Path(folder))
         start = time.perf_counter()
-        for spec in specs:
-            _write_study(spec, size, Path(folder), folders)
+        write_studies(specs, size, Path(folder))
         total_ms = (time.perf_counter() - start) * 1000 / studies
     return render_ms, report_ms, total_ms
 
@@ -79,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     set_quiet(True)
-    cores = _resolve_workers(0, 10**9)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(
         f"Machine: {cpu_model()}, {os.cpu_count()} logical cores ({cores} usable), Python {platform.python_version()}"
     )

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from _machine import cpu_model
 from radlens.retrieval.index import VectorIndex, default_nlist
 
 K = 10
@@ -39,17 +40,6 @@ class Row:
     p50_ms: float
     p99_ms: float
     recall: float
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def clustered_vectors(count: int, centres: np.ndarray, noise: float, seed: int) -> np.ndarray:
@@ -151,7 +141,7 @@ def bench_size(size: int, args: argparse.Namespace, centres: np.ndarray) -> list
 
 def to_markdown(rows: list[Row], args: argparse.Namespace) -> str:
     lines = [
-        f"Machine: {_cpu_model()}, {os.cpu_count()} cores; FAISS {faiss.__version__} with "
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores; FAISS {faiss.__version__} with "
         f"{faiss.omp_get_max_threads()} threads; numpy {np.__version__}; Python {platform.python_version()}.",
         f"Data: dim {args.dim}, {args.clusters} clusters (noise {args.noise}), unit vectors, inner product. "
         f"Latency: {args.latency_queries} single queries, k={K}. Recall@10 vs exact on {args.recall_queries} "

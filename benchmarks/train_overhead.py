@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
+from _machine import cpu_model
 from radlens.core import set_quiet
 from radlens.data.dataset import ImageReportDataset
 from radlens.data.readers import read_dataset
@@ -47,17 +47,6 @@ from radlens.train.frozen import FeatureDataset, FrozenFeatureDualEncoder, colla
 from radlens.train.loop import TrainConfig, Trainer
 from radlens.train.presets import preset_values
 from radlens.train.schedule import build_optimizer, build_scheduler
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _features(root: Path, studies: int) -> tuple[DualEncoder, FeatureDataset, TrainConfig]:
@@ -145,7 +134,7 @@ def main() -> None:
     bare_rate = max(rate for rate, _ in best["bare"])
     bare_cpu = min(cpu for _, cpu in best["bare"])
     print(
-        f"Machine: {_cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads); cpu-demo dual encoder, {len(data)} training studies, "
         f"batch {train.batch_size}, steps/s from runs of {n1} and {n2} steps, best of {repeats}\n"
     )

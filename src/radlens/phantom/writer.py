@@ -158,6 +158,15 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def write_studies(specs: Sequence[StudySpec], size: int, root: Path) -> None:
+    """Render ``specs`` and write their images, reports and masks under ``root``, in this process.
+
+    The per-study part of :func:`generate_dataset` alone (no tables, no manifest, not atomic), for
+    timing it; a dataset is made by :func:`generate_dataset`.
+    """
+    _write_chunk(specs, size, root)
+
+
 def _write_chunk(specs: Sequence[StudySpec], size: int, root: Path) -> list[_Written]:
     folders = _Folders(root)
     return [_write_study(spec, size, root, folders) for spec in specs]
