@@ -1,11 +1,14 @@
-"""Load test of the web app on loopback: text search at 1, 8 and 32 concurrent clients.
+"""Load test of the web app on loopback with wrk: text search at 1, 8 and 32 concurrent clients.
 
 The server runs in its own process (the app from ``radlens.web.create_app`` on uvicorn, as ``radlens
-serve`` runs it; series with one and two torch threads, with and without batching) over a built index — by default the demo's (``radlens demo``). A small asyncio + httpx
-client (bounded in time and in requests) sends varied queries; the table gives throughput, p50/p99
-latency, errors, 503 "busy" answers and the server's resident memory before and after each level (it
-should stay flat). A last row runs 32 clients against the default ``--queue 16`` to show back-pressure:
-the requests beyond the queue get 503 + Retry-After instead of piling up.
+serve`` runs it) over a built index, by default the demo's (``radlens demo``). The client is wrk (a C
+load generator; ``apt-get install wrk``), one thread, one connection per client, each level bounded in
+time (``--seconds``), sending varied short queries from a Lua script that also counts 503 "busy"
+answers apart from other failures. The table gives throughput, p50/p99 latency, errors, 503s and the
+server's resident memory before and after each level (it should stay flat). Series: the defaults (one
+torch thread, batching of up to 16 waiting queries), two torch threads, no batching, and 32 clients
+against the default ``--queue 16`` to show back-pressure (requests beyond the queue get 503 +
+Retry-After at once; wrk's latencies then include those quick 503s).
 
     python benchmarks/load.py --index demo/index --model demo/model            # 20 s per level
     python benchmarks/load.py --index demo/index --model demo/model --quick    # 5 s per level
@@ -16,17 +19,18 @@ Client and server share the machine's cores, as they would on a laptop demo.
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
-import numpy as np
 
 from _machine import cpu_model
 
@@ -103,44 +107,46 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def _client(
-    http: httpx.AsyncClient, texts: list[str], offset: int, stop: float, budget: list[int], out: dict
-) -> None:
-    n = offset
-    while time.perf_counter() < stop and budget[0] > 0:
-        budget[0] -= 1
-        text = texts[n % len(texts)]
-        n += 7
-        start = time.perf_counter()
-        try:
-            response = await http.post("/api/search", json={"text": text, "k": 10})
-            status = response.status_code
-        except httpx.HTTPError:
-            status = -1
-        elapsed = (time.perf_counter() - start) * 1000
-        if status == 200:
-            out["latencies"].append(elapsed)
-        elif status == 503:
-            out["busy"] += 1
-        else:
-            out["errors"] += 1
+#: wrk script: varied queries; counts 503s and other non-200 answers per thread; one summary line.
+_WRK_LUA = """
+local queries = %s
+local threads = {}
+local n = 0
+function setup(thread) table.insert(threads, thread) end
+function init(args) busy = 0; failed = 0 end
+function request()
+  n = n + 1
+  local body = '{"text": "' .. queries[(n %% #queries) + 1] .. '", "k": 10}'
+  return wrk.format("POST", "/api/search", {["Content-Type"] = "application/json"}, body)
+end
+function response(status, headers, body)
+  if status == 503 then busy = busy + 1 elseif status ~= 200 then failed = failed + 1 end
+end
+function done(summary, latency, requests)
+  local b, f = 0, 0
+  for _, t in ipairs(threads) do b = b + t:get("busy"); f = f + t:get("failed") end
+  local e = summary.errors
+  io.write(string.format("RADLENS %%d %%d %%d %%d %%.3f %%.3f %%.3f\\n", summary.requests, b, f,
+    e.connect + e.read + e.write + e.timeout, latency:percentile(50) / 1000,
+    latency:percentile(99) / 1000, summary.duration / 1e6))
+end
+"""
 
 
-async def run_level(
-    url: str, clients: int, seconds: float, max_requests: int
-) -> tuple[list[float], int, int, float]:
-    """``clients`` concurrent loops for ``seconds`` (or ``max_requests`` in all)."""
-    texts = queries()
-    out: dict = {"latencies": [], "errors": 0, "busy": 0}
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
-        for text in texts[:3]:  # warm-up
-            await http.post("/api/search", json={"text": text, "k": 10})
-        start = time.perf_counter()
-        budget = [max_requests]
-        await asyncio.gather(*(_client(http, texts, i, start + seconds, budget, out) for i in range(clients)))
-        took = time.perf_counter() - start
-    return out["latencies"], out["errors"], out["busy"], took
+def run_level(url: str, clients: int, seconds: float, script: Path) -> dict[str, float]:
+    """wrk with ``clients`` connections for ``seconds``; the counts and latencies it reports."""
+    command = ["wrk", "-t1", f"-c{clients}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(script), url]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    line = next(row for row in output.splitlines() if row.startswith("RADLENS "))
+    requests, busy, failed, socket_errors, p50, p99, took = line.split()[1:]
+    return {
+        "requests": int(requests),
+        "busy": int(busy),
+        "errors": int(failed) + int(socket_errors),
+        "p50_ms": float(p50),
+        "p99_ms": float(p99),
+        "seconds": float(took),
+    }
 
 
 def start_server(index: str, model: str, config: Config) -> tuple[subprocess.Popen, str]:
@@ -166,35 +172,36 @@ def start_server(index: str, model: str, config: Config) -> tuple[subprocess.Pop
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
-            if httpx.get(f"{url}/api/health").status_code == 200:
-                return process, url
-        except httpx.HTTPError:
+            with urllib.request.urlopen(f"{url}/api/health", timeout=5) as response:
+                if response.status == 200:
+                    return process, url
+        except (urllib.error.URLError, OSError):
             time.sleep(0.1)
     process.kill()
     raise SystemExit("the server did not answer /api/health")
 
 
 def measure(
-    index: str, model: str, config: Config, levels: list[int], seconds: float, max_requests: int
+    index: str, model: str, config: Config, levels: list[int], seconds: float, script: Path
 ) -> list[Level]:
     process, url = start_server(index, model, config)
     rows = []
     try:
+        run_level(url, 2, 2.0, script)  # warm-up
         for clients in levels:
             before = rss_mb(process.pid)
-            latencies, errors, busy, took = asyncio.run(run_level(url, clients, seconds, max_requests))
+            result = run_level(url, clients, seconds, script)
             after = rss_mb(process.pid)
-            values = np.asarray(latencies) if latencies else np.asarray([float("nan")])
             rows.append(
                 Level(
                     clients=clients,
                     config=config,
-                    requests=len(latencies),
-                    errors=errors,
-                    busy=busy,
-                    seconds=took,
-                    p50_ms=float(np.percentile(values, 50)),
-                    p99_ms=float(np.percentile(values, 99)),
+                    requests=int(result["requests"]),
+                    errors=int(result["errors"]),
+                    busy=int(result["busy"]),
+                    seconds=result["seconds"],
+                    p50_ms=result["p50_ms"],
+                    p99_ms=result["p99_ms"],
                     rss_before_mb=before,
                     rss_after_mb=after,
                 )
@@ -210,7 +217,6 @@ def main() -> None:
     parser.add_argument("--index", default="demo/index")
     parser.add_argument("--model", default="demo/model")
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of each level")
-    parser.add_argument("--max-requests", type=int, default=20_000, help="request cap of each level")
     parser.add_argument("--quick", action="store_true", help="5 s per level")
     args = parser.parse_args()
     for folder in (args.index, args.model):
@@ -218,6 +224,8 @@ def main() -> None:
             raise SystemExit(
                 f"{folder} not found: run `radlens demo --no-serve` first (or pass --index/--model)"
             )
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: install it (Debian/Ubuntu: apt-get install wrk)")
     seconds = 5.0 if args.quick else args.seconds
     series = [
         (Config(threads=1, batch=16, queue=64), [1, 8, 32]),  # the defaults (queue raised for 32 clients)
@@ -226,12 +234,16 @@ def main() -> None:
         (Config(threads=1, batch=16, queue=16), [32]),  # default queue: back-pressure
     ]
     rows = []
-    for config, levels in series:
-        rows += measure(args.index, args.model, config, levels, seconds, args.max_requests)
+    with tempfile.TemporaryDirectory(prefix="radlens-load-") as tmp:
+        script = Path(tmp) / "search.lua"
+        lua_queries = "{" + ", ".join(json.dumps(text) for text in queries()) + "}"
+        script.write_text(_WRK_LUA % lua_queries, encoding="utf-8")
+        for config, levels in series:
+            rows += measure(args.index, args.model, config, levels, seconds, script)
     load = os.getloadavg()
     print(
         f"\nMachine: {cpu_model()}, {os.cpu_count()} cores, load average {load[0]:.1f} at the end; "
-        f"Python {platform.python_version()}; client and server on the same machine (loopback)\n"
+        f"Python {platform.python_version()}; wrk client and server on the same machine (loopback)\n"
     )
     print(
         "| clients | threads | max batch | queue | requests | req/s | p50 ms | p99 ms | errors | 503 busy | RSS MB before → after |"

@@ -122,8 +122,11 @@ def test_batched_embedding_matches_one_pass_and_restores_mode() -> None:
     model = DualEncoder(_tiny_config()).train()
     batch = _batch(model)
     images = model.embed_images(batch["pixel_values"], batch_size=3)
+    model.image_tower.eval()  # mixed modes (a frozen tower in eval mode while training): each is kept
+    modes = {name: module.training for name, module in model.named_modules()}
     texts, truncated = model.embed_texts([*TEXTS, "x " * 40], batch_size=3)
-    assert model.training
+    assert {name: module.training for name, module in model.named_modules()} == modes
+    assert model.training and not model.image_tower.training
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(images, model.encode_image(batch["pixel_values"]))

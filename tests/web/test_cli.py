@@ -168,3 +168,30 @@ def test_demo_validity_checks_follow_options_and_fingerprints(web_data: Any, tmp
         model.logit_scale.add_(1.0)  # any change of weights is another model
     save_checkpoint(model, other)
     assert not demo_cmd.index_is_valid(web_data.index, other)
+
+
+def test_served_connections_send_without_nagle_delay() -> None:
+    """asyncio disables Nagle's algorithm only when the listening socket names TCP; with it on, every
+    response on a kept-alive connection waited ~40 ms for the client's delayed ACK."""
+    import asyncio
+
+    listening = serve_cmd.bind_socket("127.0.0.1", 0)
+
+    async def accepted_nodelay() -> int:
+        seen: dict[str, int] = {}
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            seen["nodelay"] = writer.get_extra_info("socket").getsockopt(
+                socket.IPPROTO_TCP, socket.TCP_NODELAY
+            )
+            writer.close()
+
+        server = await asyncio.start_server(handle, sock=listening)
+        reader, writer = await asyncio.open_connection(*listening.getsockname()[:2])
+        await reader.read()  # until the server closes the connection
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return seen["nodelay"]
+
+    assert asyncio.run(accepted_nodelay()) != 0

@@ -48,9 +48,14 @@ def configure_logging() -> None:
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (port 0: any free port); InputError if it is taken."""
+    """A listening TCP socket on ``host:port`` (port 0: any free port); InputError if it is taken.
+
+    The protocol is named (``IPPROTO_TCP``, not 0): asyncio turns Nagle's algorithm off only on
+    connections whose socket says TCP, and with it on, every answer on a kept-alive connection waited
+    ~40 ms for the client's delayed ACK.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -97,9 +102,9 @@ def check_options(
 def set_threads(threads: int) -> None:
     """Torch's CPU threads for the model.
 
-    One by default: a query of a few words is a chain of small matrix products, which a second thread
-    barely speeds up while its synchronisation costs a lot on a busy machine (docs/web.md, "Measured");
-    concurrent queries are batched instead, and the other core serves HTTP, images and explanations.
+    One by default: concurrent queries are batched, so one thread serves 8 clients within target; a
+    second was ~15% faster on an idle 2-core machine but its synchronisation costs more than it saves
+    on a busy one (docs/web.md, "Measured"), and the other core serves HTTP, images and explanations.
     """
     import torch
 

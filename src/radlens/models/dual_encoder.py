@@ -262,14 +262,21 @@ class DualEncoder(nn.Module):
 
 
 class _eval_mode:
-    """Put a module in eval mode for a block and restore its previous mode afterwards."""
+    """Put a module and its children in eval mode for a block, then restore each one's own mode.
+
+    Only the modules in training mode are touched (each flag set directly): ``nn.Module.train`` walks
+    and re-sets all ~600 submodules of the towers, which cost a third of a short query's time.
+    """
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
-        self.was_training = module.training
+        self.switched: list[nn.Module] = []
 
     def __enter__(self) -> None:
-        self.module.eval()
+        self.switched = [module for module in self.module.modules() if module.training]
+        for module in self.switched:
+            module.training = False
 
     def __exit__(self, *exc: object) -> None:
-        self.module.train(self.was_training)
+        for module in self.switched:
+            module.training = True
