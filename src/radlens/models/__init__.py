@@ -13,8 +13,6 @@ from radlens.models.checkpoint import (
 from radlens.models.dual_encoder import DualEncoder, DualEncoderConfig, DualEncoderOutput, contrastive_loss
 from radlens.models.fusion import FusionConfig, FusionModel, FusionOutput, itm_loss, mask_tokens, mlm_loss
 from radlens.models.image_towers import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     EfficientNetLite0Tower,
     ImageTower,
     ImageTowerConfig,
@@ -36,8 +34,6 @@ from radlens.models.text_towers import (
 from radlens.models.vgg import VGGClassifier, VGGConfig
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "CheckpointInfo",
     "DualEncoder",
     "DualEncoderConfig",

@@ -22,9 +22,8 @@ from pydantic import model_validator
 from torch import nn
 
 from radlens.core import Config, InputError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from radlens.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from radlens.models._staged import StagedModule
 
 ImageTowerName = Literal["efficientnet_lite0", "small_cnn", "small_vit"]
 
@@ -93,7 +92,7 @@ class TowerOutput:
         return self.feature_map.flatten(2).transpose(1, 2)
 
 
-class ImageTower(nn.Module):
+class ImageTower(StagedModule):
     """Shared behaviour: input checks and normalisation, freezing, ``patch_tokens``."""
 
     out_dim: int
@@ -109,7 +108,6 @@ class ImageTower(nn.Module):
         channels = config.in_channels
         self.register_buffer("pixel_mean", torch.tensor(mean[:channels]).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std[:channels]).view(1, -1, 1, 1), persistent=False)
-        self._frozen: list[nn.Module] = []
 
     def normalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Check the shape, repeat grey to 3 channels if needed, and normalise [0, 1] pixels."""
@@ -138,28 +136,6 @@ class ImageTower(nn.Module):
     def patch_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """B×N×D spatial tokens (CNN feature-map cells or ViT patch tokens), row-major."""
         return self(pixel_values).patch_tokens()
-
-    def stages(self) -> list[nn.Module]:
-        """The tower's blocks from input to output; freezing counts from the end of this list."""
-        raise NotImplementedError
-
-    def freeze(self, trainable_last: int | None) -> None:
-        """Freeze all but the last ``trainable_last`` stages (``None``: train everything; 0: nothing).
-
-        Frozen stages also keep their BatchNorm statistics fixed (they stay in eval mode).
-        """
-        stages = self.stages()
-        keep = len(stages) if trainable_last is None else max(0, min(trainable_last, len(stages)))
-        self._frozen = stages[: len(stages) - keep]
-        for index, stage in enumerate(stages):
-            stage.requires_grad_(index >= len(stages) - keep)
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> Self:
-        super().train(mode)
-        for stage in self._frozen:
-            stage.eval()
-        return self
 
 
 # --- EfficientNet-Lite0 -----------------------------------------------------------------------------------

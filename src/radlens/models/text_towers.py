@@ -22,6 +22,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel, PreTrainedTokeniz
 from transformers.utils import logging as hf_logging
 
 from radlens.core import Config, InputError
+from radlens.models._staged import StagedModule
 
 MAX_POSITIONS = 512
 TextTowerName = Literal["minilm", "small_bert"]
@@ -172,7 +173,7 @@ def mean_pool(token_states: torch.Tensor, attention_mask: torch.Tensor) -> torch
     return (token_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 
-class TextTower(nn.Module):
+class TextTower(StagedModule):
     """A BERT encoder with mean pooling. Subclasses only decide how the ``BertModel`` is made."""
 
     bert: BertModel
@@ -181,7 +182,6 @@ class TextTower(nn.Module):
         super().__init__()
         self.config = config
         self.tokenizer = load_tokenizer()
-        self._frozen: list[nn.Module] = []
 
     @property
     def out_dim(self) -> int:
@@ -203,24 +203,6 @@ class TextTower(nn.Module):
     def stages(self) -> list[nn.Module]:
         """Embeddings then each transformer layer; freezing counts from the end of this list."""
         return [self.bert.embeddings, *self.bert.encoder.layer]
-
-    def freeze(self, trainable_last: int | None) -> None:
-        """Freeze all but the last ``trainable_last`` stages (``None``: train everything).
-
-        Frozen stages run in eval mode (no dropout), so their outputs are fixed features.
-        """
-        stages = self.stages()
-        keep = len(stages) if trainable_last is None else max(0, min(trainable_last, len(stages)))
-        self._frozen = stages[: len(stages) - keep]
-        for index, stage in enumerate(stages):
-            stage.requires_grad_(index >= len(stages) - keep)
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> Self:
-        super().train(mode)
-        for stage in self._frozen:
-            stage.eval()
-        return self
 
 
 class MiniLMTextTower(TextTower):
