@@ -63,3 +63,17 @@ def test_run_metadata_written_beside_outputs(tmp_path: Path) -> None:
     assert _Example.from_yaml((tmp_path / "config.yaml").read_text()) == config
     versions = json.loads((tmp_path / "versions.json").read_text())
     assert versions["radlens"] and versions["torch"] and versions["numpy"]
+
+
+@pytest.mark.parametrize("command", [["train", "retrieval"], ["train", "classifier"]])
+def test_training_commands_read_config_files_alike(
+    tmp_path: Path, command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from radlens.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n- not a mapping\n")
+    code = main([*command, "--data", str(tmp_path), "--config", str(bad), "--out", str(tmp_path / "out")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1
+    assert "must be a mapping of option names to values" in lines[0]

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
 
-from radlens.core import InputError, is_quiet, set_quiet
+from radlens.core import InputError, is_quiet, read_config_file, set_quiet
 
 
 def train_classifier_command(
@@ -84,14 +83,7 @@ def train_classifier_command(
 def _yaml_overrides(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
-    if not path.is_file():
-        raise InputError(f"config file {path} not found", "pass the path of a YAML file")
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise InputError(f"config file {path} is not valid YAML ({exc.__class__.__name__})") from exc
-    if not isinstance(loaded, dict):
-        raise InputError(f"config file {path} must be a mapping of option names to values")
+    loaded = read_config_file(path)
     if "data" in loaded:
         raise InputError(f"config file {path} sets data", "remove it and pass the dataset with --data")
     return loaded

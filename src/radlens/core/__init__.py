@@ -3,7 +3,7 @@
 Public names only; the rest of radlens imports from here, never from the private files.
 """
 
-from radlens.core.config import Config, load_config, write_run_metadata
+from radlens.core.config import Config, load_config, read_config_file, write_run_metadata
 from radlens.core.errors import InputError, RadlensError
 from radlens.core.io import atomic_directory, atomic_write_bytes, atomic_write_text, prepare_output_dir
 from radlens.core.progress import is_quiet, progress, set_quiet
@@ -21,6 +21,7 @@ __all__ = [
     "load_config",
     "prepare_output_dir",
     "progress",
+    "read_config_file",
     "set_quiet",
     "write_run_metadata",
 ]

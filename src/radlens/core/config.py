@@ -46,6 +46,21 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
     return f"invalid {source}: {where}: {first['msg']}"
 
 
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The mapping in the YAML file ``path``; one-line :class:`InputError` when it is missing, not
+    YAML, or not a mapping of option names to values."""
+    config_path = Path(path)
+    if not config_path.is_file():
+        raise InputError(f"config file {config_path} not found", "pass the path of a YAML file")
+    try:
+        loaded = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise InputError(f"config file {config_path} is not valid YAML ({exc.__class__.__name__})") from exc
+    if not isinstance(loaded, dict):
+        raise InputError(f"config file {config_path} must be a mapping of option names to values")
+    return loaded
+
+
 def load_config(
     cls: type[C], path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None
 ) -> C:
@@ -54,20 +69,7 @@ def load_config(
     ``overrides`` holds only the options the user gave (``None`` values are ignored), so a value in
     the YAML file is not silently replaced by a command-line default.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        config_path = Path(path)
-        if not config_path.is_file():
-            raise InputError(f"config file {config_path} not found", "pass the path of a YAML file")
-        try:
-            loaded = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise InputError(
-                f"config file {config_path} is not valid YAML ({exc.__class__.__name__})"
-            ) from exc
-        if not isinstance(loaded, dict):
-            raise InputError(f"config file {config_path} must be a mapping of option names to values")
-        data.update(loaded)
+    data: dict[str, Any] = read_config_file(path) if path is not None else {}
     for key, value in (overrides or {}).items():
         if value is not None:
             data[key] = value

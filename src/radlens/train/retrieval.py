@@ -24,13 +24,12 @@ from typing import Any, Literal, Self
 
 import numpy as np
 import torch
-import yaml
 from accelerate.utils import set_seed
 from pydantic import ValidationError, model_validator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from radlens.core import Config, InputError, atomic_write_text, is_quiet, prepare_output_dir
+from radlens.core import Config, InputError, atomic_write_text, is_quiet, prepare_output_dir, read_config_file
 from radlens.data.cache import ImageCache
 from radlens.data.dataset import ImageReportDataset, collate
 from radlens.data.readers import DatasetFormat, read_dataset
@@ -133,7 +132,7 @@ def resolve_config(
     given = {key: value for key, value in options.items() if value is not None and key != "max_steps"}
     if options.get("max_steps") is not None:
         given["train"] = {"max_steps": options["max_steps"]}
-    from_file = _read_yaml(config_path) if config_path is not None else {}
+    from_file = read_config_file(config_path) if config_path is not None else {}
     if resume:
         saved = saved_run_config(out)
         if saved is None:
@@ -168,19 +167,6 @@ def _invalid(error: ValidationError) -> tuple[str, str]:
     first = error.errors()[0]
     where = ".".join(str(part) for part in first["loc"])
     return f"invalid option {where}: {first['msg']}", "fix the value in --config or on the command line"
-
-
-def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    config_path = Path(path)
-    if not config_path.is_file():
-        raise InputError(f"config file {config_path} not found", "pass the path of a YAML file")
-    try:
-        loaded = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise InputError(f"config file {config_path} is not valid YAML ({exc.__class__.__name__})") from exc
-    if not isinstance(loaded, dict):
-        raise InputError(f"config file {config_path} must be a mapping of option names to values")
-    return loaded
 
 
 # --- data ---------------------------------------------------------------------------------------------
