@@ -1,14 +1,17 @@
 """Seconds per explanation for every radlens.explain method, beside the library it wraps or replaces.
 
-Each method runs batched on a 224 px CNN (the VGG-style CheXpert classifier and, when
-``radlens.models.image_towers`` provides it, EfficientNet-Lite0 with a 14-label head). In the same run,
-the reference does the same work directly: a minimal hand-written Grad-CAM (pytorch-grad-cam needs
-torchvision), captum for integrated gradients / SmoothGrad / guided backprop / deconvnet / occlusion,
-zennit for LRP, plain autograd for the gradient methods. Target: no method more than 1.5× slower than its
-reference. Prints a Markdown table naming the machine.
+Each method runs batched on three models at 224 px: the VGG-style CheXpert classifier, EfficientNet-Lite0
+with a 14-label head (when ``radlens.models.image_towers`` provides it) and the fusion model sized like the
+cpu-demo preset (EfficientNet-Lite0 image tokens, 2 transformer layers, randomly initialised), explained
+image-only through its ITM "related" logit for one fixed report sentence. In the same run, the reference
+does the same work directly: a minimal hand-written Grad-CAM (pytorch-grad-cam needs torchvision) and
+attention rollout, captum for integrated gradients / SmoothGrad / guided backprop / deconvnet / occlusion,
+zennit for LRP (classifiers only: LRP has no transformer rules), plain autograd for the gradient methods.
+Target: no method more than 1.5× slower than its reference. Prints a Markdown table naming the machine.
 
     .venv/bin/python benchmarks/explain.py            # 224 px, batch 4
     .venv/bin/python benchmarks/explain.py --quick    # 64 px, batch 2, one repeat: a sanity run
+    .venv/bin/python benchmarks/explain.py --quick --models fusion --methods gradcam,attention_rollout
 """
 
 from __future__ import annotations
@@ -19,17 +22,23 @@ import platform
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from radlens.explain import explain
+from radlens.explain import ScoreTarget, TokenLayout, explain
 from radlens.explain._zennit_compat import import_zennit
 from radlens.models.vgg import VGGClassifier, VGGConfig
 
 CLASS = 3
+REPORT = "large right pleural effusion"  # the fixed text the fusion model matches each image against
+
+Score = Callable[[torch.Tensor], torch.Tensor]
+#: (method, radlens options, reference name, reference function of the input batch)
+Case = tuple[str, dict[str, Any], str, Callable[[torch.Tensor], Any]]
 
 
 class _Classifier(nn.Module):
@@ -45,28 +54,68 @@ class _Classifier(nn.Module):
         return logits
 
 
-def _models() -> dict[str, tuple[nn.Module, int]]:
-    """name -> (model in eval mode, input channels)."""
+@dataclass
+class Bench:
+    """One model to time: what explain() gets (model, target), its input channels and its cases."""
+
+    model: nn.Module
+    channels: int
+    target: int | ScoreTarget
+    cases: list[Case]
+
+
+def _models(size: int, quick: bool) -> dict[str, Bench]:
+    """name -> the model in eval mode with its target and cases, for ``size`` px images."""
     torch.manual_seed(0)
-    models: dict[str, tuple[nn.Module, int]] = {"vgg": (VGGClassifier(VGGConfig()).eval(), 1)}
+    vgg = VGGClassifier(VGGConfig()).eval()
+    models = {"vgg": Bench(vgg, 1, CLASS, _classifier_cases(vgg, quick))}
     try:
+        from radlens.explain.retrieval_targets import ITM_RELATED, FixedTextFusion
+        from radlens.models.fusion import FusionConfig, FusionModel
         from radlens.models.image_towers import EfficientNetLite0Tower, ImageTowerConfig
     except ImportError:
         return models
     config = ImageTowerConfig(name="efficientnet_lite0", pretrained=False, num_classes=14)
-    tower = EfficientNetLite0Tower(config, load_pretrained=False)
-    models["efficientnet_lite0"] = (_Classifier(tower, "tower.head").eval(), 3)
+    lite0 = _Classifier(EfficientNetLite0Tower(config, load_pretrained=False), "tower.head").eval()
+    models["efficientnet_lite0"] = Bench(lite0, 3, CLASS, _classifier_cases(lite0, quick))
+    # The cpu-demo preset's fusion model ("cpu-demo" -> "fusion" in radlens.train.presets), untrained.
+    torch.manual_seed(0)
+    fusion_config = FusionConfig(
+        image_source="efficientnet_lite0",
+        pretrained=False,
+        image_size=size,
+        patch_size=32,
+        hidden_size=128,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=512,
+        max_text_length=96,
+    )
+    fixed = FixedTextFusion(FusionModel(fusion_config, load_pretrained=False).eval(), REPORT, size).eval()
+    models["fusion"] = Bench(fixed, fusion_config.in_channels, ITM_RELATED, _fusion_cases(fixed, quick))
     return models
 
 
-def _minimal_gradcam(model: nn.Module, x: torch.Tensor, layer: str, plus: bool = False) -> torch.Tensor:
+def _minimal_gradcam(
+    score: Score,
+    model: nn.Module,
+    x: torch.Tensor,
+    layer: str,
+    plus: bool = False,
+    layout: TokenLayout | None = None,
+) -> torch.Tensor:
     """The few lines everyone writes: hook the layer, one gradient, weight, ReLU, upsample."""
     store: dict[str, torch.Tensor] = {}
-    handle = dict(model.named_modules())[layer].register_forward_hook(lambda m, i, o: store.update(a=o))
-    score = model(x)[:, CLASS]
+    module = dict(model.named_modules())[layer]
+    handle = module.register_forward_hook(lambda m, i, o: store.update(a=o if torch.is_tensor(o) else o[0]))
+    scores = score(x)
     handle.remove()
-    (grads,) = torch.autograd.grad(score.sum(), store["a"])
+    (grads,) = torch.autograd.grad(scores.sum(), store["a"])
     acts = store["a"].detach()
+    if acts.ndim == 3:  # transformer tokens B×T×D: the image patch tokens as a B×D×rows×cols grid
+        assert layout is not None and layout.image is not None and layout.grid is not None
+        start, stop = layout.image
+        acts, grads = (t[:, start:stop].transpose(1, 2).unflatten(2, layout.grid) for t in (acts, grads))
     if plus:
         g2 = grads.pow(2)
         alpha = g2 / (2 * g2 + acts.sum((2, 3), keepdim=True) * g2 * grads + 1e-7)
@@ -75,6 +124,22 @@ def _minimal_gradcam(model: nn.Module, x: torch.Tensor, layer: str, plus: bool =
         weights = grads.mean((2, 3))
     cam = torch.relu((weights[:, :, None, None] * acts).sum(1, keepdim=True))
     return F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _minimal_rollout(model: nn.Module, x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """Attention rollout (Abnar & Zuidema 2020): head-mean attentions plus the residual, rows renormalised,
+    multiplied through the layers; the CLS row over the image patches, upsampled."""
+    with torch.no_grad():
+        attentions = model(x).attentions
+    eye = torch.eye(attentions[0].shape[-1], device=x.device)
+    flow = eye
+    for attention in attentions:
+        mixed = attention.mean(1) + eye
+        flow = mixed / mixed.sum(-1, keepdim=True) @ flow
+    assert layout.image is not None and layout.grid is not None
+    start, stop = layout.image
+    grid = flow[:, layout.cls_index, start:stop].reshape(x.shape[0], 1, *layout.grid)
+    return F.interpolate(grid, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def _zennit_lrp(model: nn.Module, x: torch.Tensor, rule: str) -> torch.Tensor:
@@ -110,42 +175,20 @@ def _zennit_relu(model: nn.Module, x: torch.Tensor, kind: str) -> torch.Tensor:
     return gradient
 
 
-def _autograd(
-    x: torch.Tensor, model: nn.Module, square: bool = False, times_input: bool = False
-) -> torch.Tensor:
+def _autograd(x: torch.Tensor, score: Score, square: bool = False, times_input: bool = False) -> torch.Tensor:
     x = x.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(model(x)[:, CLASS].sum(), x)
+    (grad,) = torch.autograd.grad(score(x).sum(), x)
     return grad.pow(2) if square else grad * x.detach() if times_input else grad
 
 
-def _cases(
-    model: nn.Module, quick: bool
-) -> list[tuple[str, dict[str, Any], str, Callable[[torch.Tensor], Any]]]:
-    """(method, options, reference name, reference function) per method."""
-    from captum.attr import (
-        Deconvolution,
-        GuidedBackprop,
-        IntegratedGradients,
-        NoiseTunnel,
-        Occlusion,
-        Saliency,
-    )
+def _shared_cases(score: Score, quick: bool) -> dict[str, Case]:
+    """The cases every model has, by method: autograd gradients, captum IG, SmoothGrad and occlusion."""
+    from captum.attr import IntegratedGradients, NoiseTunnel, Occlusion, Saliency
 
     steps, samples, window = (4, 2, 32) if quick else (16, 8, 32)
-    layer: str = model.cam_layer  # type: ignore[assignment]
 
-    def score(x: torch.Tensor) -> torch.Tensor:
-        return model(x)[:, CLASS]
-
-    class Scored(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.model(x)[:, CLASS]
-
-    scored = Scored()
+    def integrate(x: torch.Tensor) -> torch.Tensor:
+        return IntegratedGradients(score).attribute(x, baselines=torch.zeros_like(x), n_steps=steps)
 
     def smooth(x: torch.Tensor) -> torch.Tensor:
         span = float((x.flatten(1).amax(1) - x.flatten(1).amin(1)).mean())
@@ -168,9 +211,44 @@ def _cases(
                 perturbations_per_eval=16,
             )
 
+    cases: list[Case] = [
+        ("gradient", {}, "torch.autograd", lambda x: _autograd(x, score)),
+        ("sensitivity", {}, "torch.autograd", lambda x: _autograd(x, score, square=True)),
+        ("taylor", {"root": "black"}, "torch.autograd", lambda x: _autograd(x, score, times_input=True)),
+        (
+            "integrated_gradients",
+            {"n_steps": steps, "integration": "gausslegendre"},
+            "captum IntegratedGradients",
+            integrate,
+        ),
+        ("smoothgrad", {"n_samples": samples, "noise": 0.15}, "captum NoiseTunnel", smooth),
+        ("occlusion", {"window": window, "stride": window}, "captum Occlusion", occlude),
+    ]
+    return {case[0]: case for case in cases}
+
+
+def _classifier_cases(model: nn.Module, quick: bool) -> list[Case]:
+    """Every method on a CNN classifier's logit ``CLASS``."""
+    from captum.attr import Deconvolution, GuidedBackprop
+
+    layer: str = model.cam_layer  # type: ignore[assignment]
+
+    def score(x: torch.Tensor) -> torch.Tensor:
+        return model(x)[:, CLASS]
+
+    class Scored(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model(x)[:, CLASS]
+
+    scored = Scored()
+    shared = _shared_cases(score, quick)
+
     # captum hooks only nn.ReLU; for ReLU6 networks (EfficientNet-Lite) zennit with a ReLU6 rule does the
     # same work radlens does, so it is the fair reference there.
-    Case = tuple[str, dict[str, Any], str, Callable[[torch.Tensor], Any]]
     guided: Case
     deconv: Case
     if any(isinstance(m, nn.ReLU6) for m in model.modules()):
@@ -190,26 +268,26 @@ def _cases(
         )
         deconv = ("deconvnet", {}, "captum Deconvolution", lambda x: Deconvolution(scored).attribute(x))
     return [
-        ("gradcam", {"layer": layer}, "hand-written Grad-CAM", lambda x: _minimal_gradcam(model, x, layer)),
+        (
+            "gradcam",
+            {"layer": layer},
+            "hand-written Grad-CAM",
+            lambda x: _minimal_gradcam(score, model, x, layer),
+        ),
         (
             "gradcam_pp",
             {"layer": layer},
             "hand-written Grad-CAM++",
-            lambda x: _minimal_gradcam(model, x, layer, True),
+            lambda x: _minimal_gradcam(score, model, x, layer, True),
         ),
-        ("gradient", {}, "torch.autograd", lambda x: _autograd(x, model)),
-        ("sensitivity", {}, "torch.autograd", lambda x: _autograd(x, model, square=True)),
-        ("taylor", {"root": "black"}, "torch.autograd", lambda x: _autograd(x, model, times_input=True)),
-        (
-            "integrated_gradients",
-            {"n_steps": steps, "integration": "gausslegendre"},
-            "captum IntegratedGradients",
-            lambda x: IntegratedGradients(score).attribute(x, baselines=torch.zeros_like(x), n_steps=steps),
-        ),
-        ("smoothgrad", {"n_samples": samples, "noise": 0.15}, "captum NoiseTunnel", smooth),
+        shared["gradient"],
+        shared["sensitivity"],
+        shared["taylor"],
+        shared["integrated_gradients"],
+        shared["smoothgrad"],
         guided,
         deconv,
-        ("occlusion", {"window": window, "stride": window}, "captum Occlusion", occlude),
+        shared["occlusion"],
         (
             "lrp_epsilon",
             {"keep_layers": False},
@@ -226,6 +304,44 @@ def _cases(
     ]
 
 
+def _fusion_cases(fixed: nn.Module, quick: bool) -> list[Case]:
+    """The methods that apply to the fusion model (a FixedTextFusion) and its ITM "related" logit."""
+    layer: str = fixed.cam_layer  # type: ignore[assignment]
+    layout: TokenLayout = fixed.token_layout  # type: ignore[assignment]
+    cam = {"layer": layer, "token_layout": layout}
+
+    def score(x: torch.Tensor) -> torch.Tensor:
+        return fixed(x).itm_logits[:, 1]
+
+    shared = _shared_cases(score, quick)
+    return [
+        (
+            "gradcam",
+            cam,
+            "hand-written Grad-CAM",
+            lambda x: _minimal_gradcam(score, fixed, x, layer, layout=layout),
+        ),
+        (
+            "gradcam_pp",
+            cam,
+            "hand-written Grad-CAM++",
+            lambda x: _minimal_gradcam(score, fixed, x, layer, True, layout),
+        ),
+        shared["gradient"],
+        shared["sensitivity"],
+        shared["taylor"],
+        shared["integrated_gradients"],
+        shared["smoothgrad"],
+        shared["occlusion"],
+        (
+            "attention_rollout",
+            {"token_layout": layout, "head_fusion": "mean", "discard_ratio": 0.0},
+            "hand-written rollout",
+            lambda x: _minimal_rollout(fixed, x, layout),
+        ),
+    ]
+
+
 def _best_seconds(functions: list[Callable[[], Any]], repeats: int) -> list[float]:
     """Best-of-``repeats`` wall time of each function, alternating them so load drifts hit all alike."""
     for function in functions:
@@ -239,17 +355,15 @@ def _best_seconds(functions: list[Callable[[], Any]], repeats: int) -> list[floa
     return best
 
 
-def _time_model(
-    name: str, model: nn.Module, x: torch.Tensor, quick: bool, repeats: int, methods: set[str] | None
-) -> None:
+def _time_model(name: str, bench: Bench, x: torch.Tensor, repeats: int, methods: set[str] | None) -> None:
     """Print one table row per method as soon as it is measured: radlens and its reference, s/image."""
     batch = x.shape[0]
-    for method, options, reference, run_reference in _cases(model, quick):
+    for method, options, reference, run_reference in bench.cases:
         if methods is not None and method not in methods:
             continue
 
         def run_ours(method: str = method, options: dict[str, Any] = options) -> Any:
-            return explain(model, x, CLASS, method, **options)
+            return explain(bench.model, x, bench.target, method, **options)
 
         def run_theirs(function: Callable[[torch.Tensor], Any] = run_reference) -> Any:
             return function(x)
@@ -271,7 +385,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="images per call (default 4; 2 with --quick)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats, best kept (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--models", default="vgg,efficientnet_lite0", help="comma-separated model names")
+    parser.add_argument(
+        "--models", default="vgg,efficientnet_lite0,fusion", help="comma-separated model names"
+    )
     parser.add_argument("--methods", default=None, help="comma-separated methods (default: all)")
     args = parser.parse_args()
     size = args.size or (64 if args.quick else 224)
@@ -290,11 +406,11 @@ def main() -> None:
     )
     print("| model | method | radlens s/img | reference | reference s/img | radlens / reference |")
     print("|---|---|---:|---|---:|---:|", flush=True)
-    for name, (model, channels) in _models().items():
+    for name, bench in _models(size, args.quick).items():
         if name in wanted:
-            x = torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(0))
+            x = torch.rand(batch, bench.channels, size, size, generator=torch.Generator().manual_seed(0))
             methods = set(args.methods.split(",")) if args.methods else None
-            _time_model(name, model, x, args.quick, repeats, methods)
+            _time_model(name, bench, x, repeats, methods)
 
 
 if __name__ == "__main__":

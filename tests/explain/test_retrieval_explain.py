@@ -137,7 +137,24 @@ def test_fixed_text_fusion_matches_the_full_model(fusion: FusionModel) -> None:
     with torch.no_grad():
         expected = FusionMatch(fusion)(images, encoded["input_ids"], encoded["attention_mask"]).itm_logits
         torch.testing.assert_close(fixed(images).itm_logits, expected)
-    assert fixed.token_layout.grid == (4, 4) and fixed.cam_layer == "model.vilt.encoder.layer.1"
+    assert fixed.token_layout.grid == (4, 4)
+    assert fixed.cam_layer == "model.vilt.encoder.layer.1.layernorm_before"
+
+
+def test_default_gradcam_layer_of_a_patch_fusion_model_sees_the_patches(fusion: FusionModel) -> None:
+    from radlens.explain import explain
+    from radlens.explain.retrieval_targets import ITM_RELATED
+
+    images = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(8))
+    fixed = FixedTextFusion(fusion, "small left pleural effusion", 64)
+    layout = fixed.token_layout
+    default = explain(fixed, images, ITM_RELATED, method="gradcam", token_layout=layout).heatmap
+    assert default is not None and bool((default.abs().sum(dim=(1, 2)) > 0).all())
+    # After the last layer only [CLS] reaches the ITM head: the patches' gradients there are zero.
+    last = explain(
+        fixed, images, ITM_RELATED, method="gradcam", layer="model.vilt.encoder.layer.1", token_layout=layout
+    ).heatmap
+    assert last is not None and float(last.abs().max()) == 0.0
 
 
 def test_dual_encoder_subject_scores_the_finding_prompt(dual: DualEncoder) -> None:

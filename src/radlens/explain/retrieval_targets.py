@@ -101,8 +101,11 @@ class TextSimilarity(nn.Module):
 class FusionMatch(nn.Module):
     """The fusion model with the image first: ``(pixels, token ids, mask) → FusionOutput`` (attentions on).
 
-    ``cam_layer`` is the CNN tower's feature map when the image tokens come from a CNN, else the last
-    transformer layer (then pass :func:`fusion_token_layout` as ``token_layout``).
+    ``cam_layer`` is the CNN tower's feature map when the image tokens come from a CNN, else the input
+    of the last transformer layer's attention (its ``layernorm_before``; then pass
+    :func:`fusion_token_layout` as ``token_layout``). Not the last layer's output: the ITM head reads
+    only the [CLS] token there, so the patch tokens' gradients are exactly zero and Grad-CAM would be
+    blank — the choice pytorch-grad-cam recommends for ViTs (``blocks[-1].norm1``) for the same reason.
     """
 
     embedding_layer = "model.vilt.embeddings.text_embeddings.word_embeddings"
@@ -113,7 +116,7 @@ class FusionMatch(nn.Module):
         if model.image_tower is not None:
             self.cam_layer = f"model.image_tower.{model.image_tower.feature_layer}"
         else:
-            self.cam_layer = f"model.vilt.encoder.layer.{model.config.num_layers - 1}"
+            self.cam_layer = f"model.vilt.encoder.layer.{model.config.num_layers - 1}.layernorm_before"
 
     def forward(
         self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
