@@ -93,6 +93,8 @@ def test_build_refusals(tiny: World, tmp_path: Path) -> None:
 def test_eval_equals_retrieval_report_of_the_embeddings(tiny: World, tmp_path: Path) -> None:
     out = tmp_path / "eval" / "results.json"
     result = evaluate_retrieval(tiny.index, tiny.dual, split=None, out=out)
+    named = evaluate_retrieval(tiny.index, tiny.dual, split="all", out=tmp_path / "all" / "results.json")
+    assert named.count == result.count and named.report == result.report
     saved = json.loads(out.read_text())
     assert set(saved) == {"image_to_text", "text_to_image"}
     expected_keys = {

@@ -179,7 +179,7 @@ def eval_retrieval(
         None, "--fusion", help="Fusion checkpoint (repeatable: one per negative strategy R / NE / NI)."
     ),
     fusion_split: str = typer.Option(
-        "validate", "--fusion-split", help="Split the fusion models are scored on."
+        "validate", "--fusion-split", help="Split the fusion models are scored on, or 'all'."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the pool and of the fusion negatives and masks."),
 ) -> None:

@@ -94,7 +94,8 @@ def evaluate_retrieval(
     fusion_split: str = "validate",
     seed: int = 0,
 ) -> RetrievalEvaluation:
-    """Evaluate the index in ``index_dir`` (built with ``model_dir``) on ``split`` (``None``: all rows).
+    """Evaluate the index in ``index_dir`` (built with ``model_dir``) on ``split`` (``None`` or
+    ``"all"``: all rows); the fusion models on ``fusion_split`` (likewise).
 
     ``pool`` evaluates a seeded random subset of that many studies. ``out`` is the ``results.json``
     path; ``results.md`` (and ``fusion.json``) are written beside it.
@@ -140,8 +141,8 @@ def evaluate_retrieval(
 
 
 def _split_rows(index: RetrievalIndex, split: str | None, purpose: str) -> np.ndarray:
-    """Row numbers of the index rows in ``split`` (all rows for ``None``)."""
-    if split is None:
+    """Row numbers of the index rows in ``split`` (all rows for ``None`` or ``"all"``)."""
+    if split is None or split.lower() == "all":
         return np.arange(len(index))
     wanted = split.lower()
     rows = np.array(
