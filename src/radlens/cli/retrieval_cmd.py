@@ -197,7 +197,7 @@ def eval_retrieval(
         seed=seed,
     )
     if not is_quiet():
-        typer.echo(to_markdown(result.report, result.count, result.split, result.fusion))
+        typer.echo(to_markdown(result.report, result.count, result.split, result.fusion, fusion_split))
         typer.echo(f"wrote {', '.join(str(path) for path in result.files)}")
 
 

@@ -279,7 +279,9 @@ def _write(
 ) -> list[Path]:
     files = [atomic_write_text(target, json.dumps(report, indent=2) + "\n")]
     files.append(
-        atomic_write_text(target.with_suffix(".md"), to_markdown(report, count, config.split, fusion))
+        atomic_write_text(
+            target.with_suffix(".md"), to_markdown(report, count, config.split, fusion, config.fusion_split)
+        )
     )
     if fusion:
         document = [row.__dict__ for row in fusion]
@@ -297,7 +299,11 @@ def _table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
 
 
 def to_markdown(
-    report: dict[str, dict[str, float]], count: int, split: str | None, fusion: Sequence[FusionRow] = ()
+    report: dict[str, dict[str, float]],
+    count: int,
+    split: str | None,
+    fusion: Sequence[FusionRow] = (),
+    fusion_split: str = "validate",
 ) -> str:
     """The results as Markdown: exact-pair table, label-aware table, and the fusion table if any."""
     where = f"the {split} split" if split else "all indexed studies"
@@ -369,7 +375,8 @@ def to_markdown(
             "checkpoint",
         ]
         parts += [
-            "## Fusion models (validation split)\n\nITM on 50% matching / 50% non-matching pairs, negatives "
+            f"## Fusion models ({'all studies' if fusion_split.lower() == 'all' else fusion_split + ' split'})"
+            "\n\nITM on 50% matching / 50% non-matching pairs, negatives "
             "from the model's own strategy and, in (R), random negatives for every model.\n",
             _table(header, lines),
         ]
