@@ -144,6 +144,8 @@ class BatchingQueue(InferenceQueue, Generic[T, R]):
             start = time.perf_counter()
             try:
                 results: list[Any] = await anyio.to_thread.run_sync(self.run_batch, items)
+                if len(results) != len(batch):
+                    raise RuntimeError(f"run_batch gave {len(results)} results for {len(batch)} items")
             except Exception as exc:  # the whole batch failed: every caller gets the error
                 results = [exc] * len(batch)
             self._done(len(batch), time.perf_counter() - start)
