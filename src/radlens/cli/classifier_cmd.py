@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from radlens.cli._output import report_skipped
 from radlens.core import InputError, is_quiet, read_config_file, set_quiet
 
 
@@ -62,10 +63,7 @@ def train_classifier_command(
             (overrides.setdefault(section, {}) if section else overrides)[key] = value
     run = build_run_config(data, preset, arch, overrides)  # type: ignore[arg-type]
     summary = train_classifier(run, out, resume=resume, overwrite=overwrite)
-    if summary.problems:  # nothing is skipped silently (paths and reasons only: no report text)
-        typer.echo(f"skipped {len(summary.problems)} items while reading {data}:", err=True)
-        for problem in summary.problems[:5]:
-            typer.echo(f"  {problem.path}: {problem.reason}", err=True)
+    report_skipped(summary.problems, data)
     if is_quiet():
         return
     result, evaluation = summary.train, summary.evaluation

@@ -7,6 +7,7 @@ from typing import Literal
 
 import typer
 
+from radlens.cli._output import report_skipped
 from radlens.core import Config, InputError, is_quiet, load_config, prepare_output_dir, write_run_metadata
 from radlens.data.schema import CHEXPERT_LABELS
 from radlens.phantom.spec import PhantomConfig
@@ -118,10 +119,7 @@ def show(
     )
     if not is_quiet():
         typer.echo(f"wrote a grid of {len(records)} studies to {written}")
-    if result.problems:  # nothing is skipped silently (paths and reasons only: no report text)
-        typer.echo(f"skipped {len(result.problems)} items while reading {dataset}:", err=True)
-        for problem in result.problems[:5]:
-            typer.echo(f"  {problem.path}: {problem.reason}", err=True)
+    report_skipped(result.problems, dataset)
 
 
 def register(app: typer.Typer) -> None:

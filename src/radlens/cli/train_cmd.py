@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from radlens.cli._output import report_skipped
 from radlens.core import InputError, is_quiet, set_quiet
 
 train_app = typer.Typer(
@@ -74,10 +75,7 @@ def retrieval(
     }
     config = resolve_config(options, config_path, out, resume)
     summary = train_retrieval(config, out, resume=resume, overwrite=overwrite)
-    if summary.problems:  # nothing is skipped silently (paths and reasons only: no report text)
-        typer.echo(f"skipped {len(summary.problems)} items while reading {config.data}:", err=True)
-        for problem in summary.problems[:5]:
-            typer.echo(f"  {problem.path}: {problem.reason}", err=True)
+    report_skipped(summary.problems, config.data)
     if is_quiet():
         return
     result = summary.result
