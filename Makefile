@@ -32,8 +32,8 @@ demo: install
 	$(VENV)/bin/radlens demo --out $(DEMO_DIR) $(DEMO_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks docs/examples
+	$(VENV)/bin/ruff format --check src tests benchmarks docs/examples
 
 typecheck: install
 	$(VENV)/bin/mypy

@@ -12,7 +12,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from radlens.data.cache import ImageCache
-from radlens.data.dataset import ImageDataset, ImageReportDataset, collate, label_tensor
+from radlens.data.dataset import ImageDataset, ImageReportDataset, collate, label_set_codes, label_tensor
 from radlens.data.images import ImageDecodeError, load_image
 from radlens.data.schema import CHEXPERT_LABELS, ImageRecord, ReportSections, StudyRecord
 from radlens.data.transforms import (
@@ -177,3 +177,19 @@ def test_batched_fetch_fills_one_tensor_that_collate_passes_on(records: list[Stu
     assert gap["skipped"] == 1 and gap["image"].data_ptr() != items[0]["image"].data_ptr()
     shorter = ImageReportDataset(records, ResizePolicy(mode="shorter_side", size=24, max_longer=40))
     assert [item["image"].shape for item in shorter.__getitems__([0, 1]) if item] == [(3, 29, 24)] * 2
+
+
+def test_label_set_codes_name_positive_sets_and_mark_unlabelled_studies() -> None:
+    nan = math.nan
+    labels = torch.tensor(
+        [
+            [1, 0, -1, nan] + [nan] * 10,  # label 0 positive, an uncertain and a negative one
+            [1, 0, 0, 0] + [0] * 10,  # the same positive set
+            [0, 1, 1, nan] + [nan] * 10,  # labels 1 and 2
+            [0, 0, -1, 0] + [0] * 10,  # nothing positive: the empty set, not unknown
+            [nan] * 14,  # no labels at all: unknown
+        ]
+    )
+    assert label_set_codes(labels).tolist() == [1, 1, 6, 0, -1]
+    with pytest.raises(ValueError, match="labels"):
+        label_set_codes(torch.zeros(14))

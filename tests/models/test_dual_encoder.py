@@ -108,6 +108,47 @@ def test_group_ids_make_duplicate_reports_positives() -> None:
     torch.testing.assert_close(contrastive_loss(logits.detach(), groups), expected)
 
 
+def test_label_aware_targets_pull_same_finding_studies_together() -> None:
+    logits = torch.randn(6, 6, generator=torch.Generator().manual_seed(2))
+    codes = torch.tensor([5, 5, 0, 3, -1, -1])  # 0 and 1 share a label set; 4 and 5 are unlabelled
+    # Weight 0 is CLIP's loss, whatever the codes.
+    torch.testing.assert_close(contrastive_loss(logits, None, codes, 0.0), contrastive_loss(logits))
+    # Reference: the soft-target cross-entropy written out row by row.
+    w = 0.4
+    target = torch.eye(6)
+    target[0] = torch.tensor([1 - w / 2, w / 2, 0, 0, 0, 0])
+    target[1] = torch.tensor([w / 2, 1 - w / 2, 0, 0, 0, 0])
+    expected = (
+        -(target * F.log_softmax(logits, 1)).sum(1).mean()
+        - (target * F.log_softmax(logits.t(), 1)).sum(1).mean()
+    ) / 2
+    torch.testing.assert_close(contrastive_loss(logits, None, codes, w), expected)
+    # The gradient on the pair (image 0, text 1): plain InfoNCE pushes it apart, label-aware pulls it in.
+    scores = (torch.eye(6) * 4).requires_grad_(True)
+    (aware,) = torch.autograd.grad(contrastive_loss(scores, None, codes, 0.5), scores)
+    (plain,) = torch.autograd.grad(contrastive_loss(scores), scores)
+    assert plain[0, 1] > 0 > aware[0, 1]
+    # Unlabelled studies (-1) are not one label set: the pair (4, 5) is pushed apart as in plain InfoNCE.
+    torch.testing.assert_close(aware[4, 5], plain[4, 5])
+    with pytest.raises(ValueError, match="label_set_weight"):
+        contrastive_loss(logits, None, codes, 1.0)
+
+
+def test_model_loss_uses_its_label_set_weight() -> None:
+    plain = DualEncoder(_tiny_config())
+    aware = DualEncoder(_tiny_config(label_set_weight=0.5))
+    aware.load_state_dict(plain.state_dict())
+    batch = {**_batch(plain), "label_codes": torch.zeros(4, dtype=torch.long)}  # one label set
+    plain.eval()
+    aware.eval()
+    with torch.no_grad():
+        logits = plain(batch["pixel_values"], batch["input_ids"], batch["attention_mask"]).logits_per_image
+        torch.testing.assert_close(plain.loss(batch), contrastive_loss(logits))
+        torch.testing.assert_close(
+            aware.loss(batch), contrastive_loss(logits, None, batch["label_codes"], 0.5)
+        )
+
+
 def test_freezing_leaves_only_the_top_and_projections_trainable() -> None:
     model = DualEncoder(_tiny_config(trainable_image_stages=1, trainable_text_stages=0))
     model.loss(_batch(model)).backward()

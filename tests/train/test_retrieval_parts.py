@@ -40,15 +40,25 @@ def studies(phantom: Path) -> ImageReportDataset:
 def test_frozen_features_give_the_full_models_loss(studies: ImageReportDataset, mode: str) -> None:
     torch.manual_seed(0)
     config = DualEncoderConfig.model_validate(
-        {**TINY_DUAL, "trainable_image_stages": 1, "trainable_text_stages": 1}
+        {**TINY_DUAL, "trainable_image_stages": 1, "trainable_text_stages": 1, "label_set_weight": 0.5}
     )
     model = DualEncoder(config)
     wrapper = FrozenFeatureDualEncoder(model)
     assert (wrapper.image_frozen, wrapper.text_frozen) == (2, 2)  # stem + stage 1; embeddings + layer 1
     features = wrapper.precompute(studies, batch_size=5)
+    codes = [features[i]["label_code"] for i in range(len(features))]
+    twin = next(j for j in range(1, len(codes)) if codes[j] in codes[:j])  # two studies, one label set
     indices = [3, 0, 7, 12, 5, 9]
+    indices = [
+        *[i for i in indices if i not in (twin, codes.index(codes[twin]))][:4],
+        twin,
+        codes.index(codes[twin]),
+    ]
     full_batch = DualCollator(model.tokenizer, config.max_length)([studies[i] for i in indices])
     cached_batch = collate_features([features[i] for i in indices])
+    # Both paths carry the studies' label sets (the label-aware targets), and some of them coincide.
+    assert torch.equal(cached_batch["label_codes"], full_batch["label_codes"])
+    assert len(set(full_batch["label_codes"].tolist())) < len(indices)
     model.train(mode == "train")
     torch.manual_seed(1)
     full = model.loss(full_batch)

@@ -292,6 +292,19 @@ def label_tensor(record: StudyRecord) -> torch.Tensor:
     )
 
 
+def label_set_codes(labels: torch.Tensor) -> torch.Tensor:
+    """One int64 per study naming its set of positive labels (bit ``i``: ``CHEXPERT_LABELS[i]`` is 1).
+
+    ``labels`` is N×14 as :func:`label_tensor` gives it. A study whose labels are all blank (a dataset
+    without CheXpert labels) gets -1: its label set is unknown, not empty.
+    """
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be an (n, n_labels) tensor, got shape {tuple(labels.shape)}")
+    bits = torch.bitwise_left_shift(torch.ones((), dtype=torch.int64), torch.arange(labels.shape[1]))
+    codes = ((labels == 1).to(torch.int64) * bits).sum(dim=1)
+    return torch.where(torch.isnan(labels).all(dim=1), torch.full_like(codes, -1), codes)
+
+
 def collate(batch: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
     """``default_collate`` after dropping skipped (``None``) items; ``"skipped"`` counts them.
 

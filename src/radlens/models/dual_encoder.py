@@ -40,7 +40,8 @@ class DualEncoderConfig(Config):
     by ``image_width``/``image_depth``/``image_heads``/``patch_size`` and ``text_hidden_size``/
     ``text_layers``/``text_heads``. ``trainable_image_stages``/``trainable_text_stages`` freeze all but
     the last k stages of a tower (``None``: train all, 0: freeze the tower) — a CPU run fine-tunes only
-    the top of the pretrained towers.
+    the top of the pretrained towers. ``label_set_weight`` > 0 makes the InfoNCE targets label-aware
+    (see :func:`contrastive_loss`; batches then need ``label_codes``).
     """
 
     image_tower: ImageTowerName = "efficientnet_lite0"
@@ -53,6 +54,7 @@ class DualEncoderConfig(Config):
     init_temperature: float = Field(0.07, gt=0.0, le=1.0)
     max_logit_scale: float = Field(100.0, gt=1.0)
     learn_temperature: bool = True
+    label_set_weight: float = Field(0.0, ge=0.0, lt=1.0)
     trainable_image_stages: int | None = Field(None, ge=0)
     trainable_text_stages: int | None = Field(None, ge=0)
     image_width: int = 128
@@ -107,27 +109,56 @@ class DualEncoderOutput:
     logit_scale: torch.Tensor
 
 
-def contrastive_loss(logits_per_image: torch.Tensor, group_ids: torch.Tensor | None = None) -> torch.Tensor:
+def contrastive_loss(
+    logits_per_image: torch.Tensor,
+    group_ids: torch.Tensor | None = None,
+    label_codes: torch.Tensor | None = None,
+    label_set_weight: float = 0.0,
+) -> torch.Tensor:
     """Symmetric InfoNCE over a B×B logit matrix whose diagonal holds the matching pairs.
 
     With ``group_ids`` (B ints), every pair whose ids are equal counts as a positive and the target is
     spread evenly over them — so two identical "no acute findings" reports in one batch are not pushed
-    apart. Without it this is CLIP's loss exactly.
+    apart. Without it (and with ``label_set_weight`` 0) this is CLIP's loss exactly.
+
+    Label-aware targets: with ``label_codes`` (B ints from :func:`radlens.data.dataset.label_set_codes`,
+    -1 = unknown) and ``label_set_weight`` w > 0, each row's target keeps 1 - w on its own pair (group)
+    and spreads w evenly over the batch's studies with the same CheXpert positive-label set (itself
+    included). The embedding then groups studies by findings, which label-aware retrieval scores,
+    while the instance term still tells studies apart. Rows with an unknown label set keep the
+    instance target only. A soft-target cross-entropy, hand-written: pytorch-metric-learning's
+    ``SupConLoss`` is single-modality and has no instance term to mix in.
     """
     size = logits_per_image.shape[0]
     if logits_per_image.shape != (size, size):
         raise ValueError(f"logits must be square, got {tuple(logits_per_image.shape)}")
-    if group_ids is None:
+    if not 0.0 <= label_set_weight < 1.0:
+        raise ValueError(f"label_set_weight must be in [0, 1), got {label_set_weight}")
+    use_labels = label_codes is not None and label_set_weight > 0.0
+    if group_ids is None and not use_labels:
         targets = torch.arange(size, device=logits_per_image.device)
         image_loss = F.cross_entropy(logits_per_image, targets)
         text_loss = F.cross_entropy(logits_per_image.t(), targets)
         return (image_loss + text_loss) / 2
-    group_ids = group_ids.to(logits_per_image.device)
-    positives = (group_ids[:, None] == group_ids[None, :]).to(logits_per_image.dtype)
-    soft = positives / positives.sum(dim=1, keepdim=True)
+    device, dtype = logits_per_image.device, logits_per_image.dtype
+    ids = torch.arange(size, device=device) if group_ids is None else group_ids.to(device)
+    soft = _even_rows(ids[:, None] == ids[None, :], dtype)
+    if use_labels:
+        assert label_codes is not None
+        codes = label_codes.to(device)
+        known = (codes >= 0)[:, None]
+        same_set = _even_rows((codes[:, None] == codes[None, :]) & known, dtype)
+        mixed = (1.0 - label_set_weight) * soft + label_set_weight * same_set
+        soft = torch.where(known, mixed, soft)
     image_loss = -(soft * F.log_softmax(logits_per_image, dim=1)).sum(dim=1).mean()
     text_loss = -(soft * F.log_softmax(logits_per_image.t(), dim=1)).sum(dim=1).mean()
     return (image_loss + text_loss) / 2
+
+
+def _even_rows(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean B×B mask as rows that sum to 1 (all-zero rows stay zero)."""
+    weights = mask.to(dtype)
+    return weights / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
 
 
 @register_model("dual_encoder")
@@ -187,6 +218,7 @@ class DualEncoder(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         group_ids: torch.Tensor | None = None,
+        label_codes: torch.Tensor | None = None,
     ) -> DualEncoderOutput:
         """Embed a batch of matching (image, text) pairs and compute the contrastive loss."""
         if pixel_values.shape[0] != input_ids.shape[0]:
@@ -199,7 +231,7 @@ class DualEncoder(nn.Module):
         scale = self.scale()
         logits = scale * image_embeds @ text_embeds.t()
         return DualEncoderOutput(
-            loss=contrastive_loss(logits, group_ids),
+            loss=self.contrastive_loss(logits, group_ids, label_codes),
             logits_per_image=logits,
             logits_per_text=logits.t(),
             image_embeds=image_embeds,
@@ -207,11 +239,21 @@ class DualEncoder(nn.Module):
             logit_scale=scale,
         )
 
+    def contrastive_loss(
+        self, logits: torch.Tensor, group_ids: torch.Tensor | None, label_codes: torch.Tensor | None
+    ) -> torch.Tensor:
+        """:func:`contrastive_loss` with this model's ``label_set_weight``."""
+        return contrastive_loss(logits, group_ids, label_codes, self.config.label_set_weight)
+
     def loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The contrastive loss of a batch with ``pixel_values``, ``input_ids``, ``attention_mask``
-        (and optionally ``group_ids``); other keys (e.g. ``truncated``) are ignored."""
+        (and optionally ``group_ids`` and ``label_codes``); other keys (e.g. ``truncated``) are ignored."""
         return self(
-            batch["pixel_values"], batch["input_ids"], batch["attention_mask"], batch.get("group_ids")
+            batch["pixel_values"],
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch.get("group_ids"),
+            batch.get("label_codes"),
         ).loss
 
     @torch.no_grad()

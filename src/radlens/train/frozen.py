@@ -23,8 +23,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from radlens.core import InputError, progress
-from radlens.data.dataset import ImageReportDataset, collate
-from radlens.models.dual_encoder import DualEncoder, contrastive_loss
+from radlens.data.dataset import ImageReportDataset, collate, label_set_codes
+from radlens.models.dual_encoder import DualEncoder
 from radlens.models.image_towers import EfficientNetLite0Tower, SmallCNNTower
 from radlens.models.text_towers import mean_pool
 
@@ -97,6 +97,7 @@ class FrozenFeatureDualEncoder(nn.Module):
         texts: list[torch.Tensor] = []
         text_of: dict[str, int] = {}
         groups: list[int] = []
+        codes: list[int] = []
         total = (len(dataset) + batch_size - 1) // batch_size
         for batch in progress(loader, total=total, description="frozen features"):
             images.extend(self.frozen_image(batch["image"]).cpu())
@@ -106,7 +107,8 @@ class FrozenFeatureDualEncoder(nn.Module):
             texts.extend(state[:length].clone() for state, length in zip(states, lengths, strict=True))
             # Identical report texts share a group, so the loss does not push them apart.
             groups.extend(text_of.setdefault(text, len(text_of)) for text in batch["text"])
-        return FeatureDataset(images, texts, groups)
+            codes.extend(label_set_codes(batch["labels"]).tolist())
+        return FeatureDataset(images, texts, groups, codes)
 
     # --- training ---------------------------------------------------------------------------------------
 
@@ -121,7 +123,7 @@ class FrozenFeatureDualEncoder(nn.Module):
         states = _run_layers(layers, batch["text_states"], batch["attention_mask"])
         text_embeds = F.normalize(model.text_projection(mean_pool(states, batch["attention_mask"])), dim=-1)
         logits = model.scale() * image_embeds @ text_embeds.t()
-        return contrastive_loss(logits, batch.get("group_ids"))
+        return model.contrastive_loss(logits, batch.get("group_ids"), batch.get("label_codes"))
 
 
 def supports_precompute(model: DualEncoder) -> bool:
@@ -131,10 +133,13 @@ def supports_precompute(model: DualEncoder) -> bool:
 
 
 class FeatureDataset(Dataset[dict[str, Any]]):
-    """Precomputed frozen features: image feature maps, per-study token states, report groups."""
+    """Precomputed frozen features: image feature maps, per-study token states, report groups and
+    label-set codes (:func:`~radlens.data.dataset.label_set_codes`)."""
 
-    def __init__(self, images: list[torch.Tensor], texts: list[torch.Tensor], groups: list[int]) -> None:
-        self.images, self.texts, self.groups = images, texts, groups
+    def __init__(
+        self, images: list[torch.Tensor], texts: list[torch.Tensor], groups: list[int], label_codes: list[int]
+    ) -> None:
+        self.images, self.texts, self.groups, self.label_codes = images, texts, groups, label_codes
 
     def __len__(self) -> int:
         return len(self.images)
@@ -144,6 +149,7 @@ class FeatureDataset(Dataset[dict[str, Any]]):
             "image_features": self.images[index],
             "text_states": self.texts[index],
             "group": self.groups[index],
+            "label_code": self.label_codes[index],
         }
 
 
@@ -161,4 +167,5 @@ def collate_features(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         "text_states": states,
         "attention_mask": mask,
         "group_ids": torch.tensor([item["group"] for item in items]),
+        "label_codes": torch.tensor([item["label_code"] for item in items]),
     }

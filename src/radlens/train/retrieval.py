@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from radlens.core import Config, InputError, atomic_write_text, is_quiet, prepare_output_dir, read_config_file
 from radlens.data.cache import ImageCache
-from radlens.data.dataset import ImageReportDataset, collate
+from radlens.data.dataset import ImageReportDataset, collate, label_set_codes
 from radlens.data.readers import DatasetFormat, read_dataset
 from radlens.data.schema import Problem, StudyRecord
 from radlens.data.transforms import ResizePolicy, train_augmentation
@@ -240,7 +240,8 @@ def truncation_note(tokenizer: Tokenizer, dataset: ImageReportDataset, max_lengt
 
 
 class DualCollator:
-    """Items → ``pixel_values``, tokens and ``group_ids`` (identical report texts share a group)."""
+    """Items → ``pixel_values``, tokens, ``group_ids`` (identical report texts share a group) and
+    ``label_codes`` (the studies' positive-label sets, for label-aware targets)."""
 
     def __init__(self, tokenizer: Tokenizer, max_length: int) -> None:
         self.tokenizer, self.max_length = tokenizer, max_length
@@ -255,6 +256,7 @@ class DualCollator:
             "input_ids": encoded["input_ids"],
             "attention_mask": encoded["attention_mask"],
             "group_ids": group_ids,
+            "label_codes": label_set_codes(batch["labels"]),
         }
 
 
