@@ -49,6 +49,11 @@ def test_gradcam_matches_closed_form() -> None:
     result_pp = explain(model, x, 1, "gradcam_pp", layer="relu")
     assert torch.allclose(result_pp.layers["relu"][:, 0], expected_pp, rtol=1e-8)
 
+    # The same maps when the layers up to "relu" are frozen (no graph reaches the activations).
+    model.conv.requires_grad_(False)
+    frozen = explain(model, x, 1, "gradcam", layer="relu")
+    assert torch.allclose(frozen.layers["relu"][:, 0], expected, rtol=1e-10)
+
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam_pp"])
 def test_gradcam_finds_the_only_quadrant_the_model_sees(method: str) -> None:

@@ -5,13 +5,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from transformers import BertConfig, ViltConfig, ViltForMaskedLM
 
 from radlens.core import InputError
-from radlens.models.fusion import FusionConfig, FusionModel, itm_loss, mask_tokens, mlm_loss
+from radlens.models.dual_encoder import DualEncoder, DualEncoderConfig
+from radlens.models.fusion import (
+    FusionConfig,
+    FusionModel,
+    aligned_fusion_config,
+    itm_loss,
+    mask_tokens,
+    mlm_loss,
+)
 from radlens.models.text_towers import load_tokenizer
 
 TEXTS = ["small left pleural effusion", "no acute cardiopulmonary process seen today"]
@@ -62,6 +71,8 @@ def test_itm_probability_and_skipping_mlm() -> None:
         encoded["input_ids"], encoded["attention_mask"], pixels, output_attentions=False, compute_mlm=False
     )
     assert lean.mlm_logits is None and lean.attentions == []
+    mlm_only = model(encoded["input_ids"], encoded["attention_mask"], pixels, compute_itm=False)
+    assert mlm_only.itm_logits is None and mlm_only.mlm_logits is not None
 
 
 def test_cnn_image_source_and_tied_decoder() -> None:
@@ -201,3 +212,119 @@ def test_from_vilt_refuses_other_folders(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="vocabulary"):
         FusionModel.from_vilt(tmp_path / "small")
     assert json.loads((tmp_path / "small" / "config.json").read_text())["model_type"] == "vilt"
+
+
+def _tiny_dual() -> DualEncoder:
+    torch.manual_seed(3)
+    config = DualEncoderConfig(
+        image_tower="small_cnn",
+        text_tower="small_bert",
+        pretrained=False,
+        embed_dim=16,
+        image_size=64,
+        in_channels=1,
+        image_width=32,
+        image_depth=2,
+        text_hidden_size=32,
+        text_layers=1,
+        text_heads=2,
+        max_length=32,
+    )
+    return DualEncoder(config).eval()
+
+
+def _aligned(dual: DualEncoder) -> FusionModel:
+    fusion = FusionConfig.model_validate(
+        {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "patch_size": 8}
+    )
+    model = FusionModel(aligned_fusion_config(fusion, dual.config))
+    model.load_aligner(dual)
+    return model
+
+
+def test_aligned_fusion_adds_the_dual_encoders_cosine_to_the_related_logit() -> None:
+    dual = _tiny_dual()
+    model = _aligned(dual).eval()
+    assert model.config.image_source == "small_cnn" and model.config.max_text_length == 32
+    with torch.no_grad():
+        model.alignment_scale.fill_(7.0)
+        model.alignment_threshold.fill_(0.25)
+    pixels = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    encoded = model.tokenize(TEXTS)
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    with torch.no_grad():
+        expected = dual.similarity(pixels, {"input_ids": ids, "attention_mask": mask}).diagonal()
+        similarity = model.aligned_similarity(ids, mask, pixels)
+        out = model(ids, mask, pixels, output_attentions=False, compute_mlm=False)
+        head = model.itm_score(
+            out.last_hidden_state[:, 0].new_tensor(0) + model.vilt.pooler(out.last_hidden_state)
+        )
+    torch.testing.assert_close(similarity, expected)  # the aligner is the dual encoder, exactly
+    assert out.itm_logits is not None
+    torch.testing.assert_close(out.itm_logits[:, 0], head[:, 0])
+    torch.testing.assert_close(out.itm_logits[:, 1], head[:, 1] + 7.0 * (expected - 0.25))
+
+
+def test_calibration_is_the_equal_variance_gaussian_logit() -> None:
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    model = _aligned(_tiny_dual())
+    rng = torch.Generator().manual_seed(1)
+    positive = 0.45 + 0.1 * torch.randn(200, generator=rng)
+    negative = 0.15 + 0.1 * torch.randn(300, generator=rng)
+    model.calibrate_alignment(positive, negative)
+    values = torch.cat([positive, negative]).double()
+    classes = torch.cat([torch.ones(200), torch.zeros(300)]).numpy()
+    lda = LinearDiscriminantAnalysis(priors=[0.5, 0.5]).fit(values[:, None].numpy(), classes)
+    ours = model.alignment_scale.detach().double() * (values - model.alignment_threshold.detach().double())
+    np.testing.assert_allclose(
+        ours.numpy(), lda.decision_function(values[:, None].numpy()), rtol=1e-4, atol=1e-6
+    )
+    with pytest.raises(ValueError, match="at least 2"):
+        model.calibrate_alignment(positive[:1], negative)
+
+
+def test_training_an_aligned_model_leaves_the_dual_encoder_frozen() -> None:
+    dual = _tiny_dual()
+    model = _aligned(dual)
+    frozen = {
+        name: value.clone()
+        for name, value in model.state_dict().items()
+        if name.startswith(
+            ("image_tower.", "aligner_text_tower.", "aligner_image_projection.", "aligner_text_projection.")
+        )
+    }
+    assert frozen and not any(p.requires_grad for n, p in model.named_parameters() if n in frozen)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    before = model.alignment_scale.item(), model.feature_projection.weight.clone()
+    optimizer = torch.optim.Adam(trainable, lr=1e-2)
+    encoded = model.tokenize(TEXTS)
+    pixels = torch.rand(2, 1, 64, 64)
+    model.train()
+    for _ in range(3):
+        out = model(encoded["input_ids"], encoded["attention_mask"], pixels, output_attentions=False)
+        assert out.itm_logits is not None
+        optimizer.zero_grad()
+        itm_loss(out.itm_logits, torch.tensor([1, 0])).backward()
+        optimizer.step()
+    for name, value in model.state_dict().items():
+        if name in frozen:
+            torch.testing.assert_close(value, frozen[name], msg=name)
+    assert not any(stage.training for stage in model.image_tower.stages())  # fixed BatchNorm statistics
+    assert model.alignment_scale.item() != before[0]
+    assert not torch.equal(model.feature_projection.weight, before[1])
+
+
+def test_aligned_fusion_refuses_mismatched_configs() -> None:
+    dual = _tiny_dual()
+    fusion = FusionConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    with pytest.raises(ValueError, match="takes image_source and image_size from its dual encoder"):
+        FusionConfig.model_validate({**fusion.model_dump(), "aligner": dual.config.model_dump()})
+    other = DualEncoder(dual.config.model_copy(update={"embed_dim": 8}))
+    with pytest.raises(InputError, match="differs"):
+        _aligned(dual).load_aligner(other)
+    vit = dual.config.model_copy(update={"image_tower": "small_vit", "patch_size": 16})
+    with pytest.raises(InputError, match="CNN image tower"):
+        aligned_fusion_config(fusion, vit)
+    with pytest.raises(InputError, match="no aligner"):
+        _tiny().load_aligner(dual)

@@ -124,6 +124,26 @@ def test_fusion_run_with_ni_negatives(tmp_path: Path, phantom: Path) -> None:
     assert validation["mlm_accuracy"] is None or 0 <= validation["mlm_accuracy"] <= 1
 
 
+def test_fusion_on_the_dual_run_is_aligned_and_calibrated(
+    tmp_path: Path, phantom: Path, dual_run: Path
+) -> None:
+    config = write_yaml(tmp_path / "fusion.yaml", {"train": TINY_TRAIN, "fusion": TINY_FUSION})
+    out = tmp_path / "aligned"
+    args = ["--data", str(phantom), "--out", str(out), "--model", "fusion", "--base", str(dual_run)]
+    assert _train(*args, "--config", str(config)) == 0
+    model, dual = load_checkpoint(out), load_checkpoint(dual_run)
+    assert isinstance(model, FusionModel) and isinstance(dual, DualEncoder)
+    assert model.config.aligner == dual.config and model.config.image_source == TINY_DUAL["image_tower"]
+    for name, value in dual.image_tower.state_dict().items():  # the aligner is the dual encoder, untouched
+        torch.testing.assert_close(model.image_tower.state_dict()[name], value)
+    # calibrated before the first step: 4 AdamW steps at lr 1e-3 move a scalar by at most ~4e-3, so a
+    # scale or threshold further than that from its initial 1 and 0 was set by the calibration
+    scale, threshold = model.alignment_scale.item(), model.alignment_threshold.item()
+    assert abs(scale - 1.0) > 0.05 or abs(threshold) > 0.05
+    validation = json.loads((out / "validation.json").read_text())
+    assert validation["negatives"] == "R" and 0 <= validation["itm_accuracy"] <= 1
+
+
 def test_metric_stage_on_the_dual_run(tmp_path: Path, phantom: Path, dual_run: Path) -> None:
     config = write_yaml(
         tmp_path / "metric.yaml", {"train": {**TINY_TRAIN, "batch_size": 16}, "metric": {"out_dim": 8}}
@@ -178,6 +198,10 @@ def _bad(tmp_path: Path, phantom: Path, dual_yaml: Path, dual_run: Path) -> dict
             [*data, "--out", str(tmp_path / "o8"), "--negatives", "NI"],
             "error: --negatives applies to --model fusion only",
         ),
+        "base for dual": (
+            [*data, "--out", str(tmp_path / "o9"), "--base", str(dual_run)],
+            "error: --base applies to --model fusion",
+        ),
         "out not empty": ([*data, "--out", str(dual_run), "--config", str(dual_yaml)], "not empty"),
     }
 
@@ -192,7 +216,7 @@ def test_bad_inputs_exit_2_with_one_line(
         line = _error_line(capsys)
         assert message in line, (name, line)
     assert sorted(path.name for path in dual_run.iterdir()) == before  # refused runs touched nothing
-    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 9))
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 10))
 
 
 def test_overwrite_restarts_a_run(tmp_path: Path, phantom: Path, dual_yaml: Path, dual_run: Path) -> None:

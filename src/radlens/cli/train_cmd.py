@@ -39,7 +39,12 @@ def retrieval(
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out exactly."),
     negatives: str | None = typer.Option(None, "--negatives", help="ITM negatives for fusion: R, NE or NI."),
-    base: Path | None = typer.Option(None, "--base", help="Trained dual/fusion checkpoint (--model metric)."),
+    base: Path | None = typer.Option(
+        None,
+        "--base",
+        help="Trained checkpoint to build on: a dual encoder to fuse on (--model fusion), "
+        "a dual or fusion model (--model metric).",
+    ),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Optimiser steps (overrides the preset)."),
     cache_dir: Path | None = typer.Option(
         None, "--cache-dir", help="Image cache folder (default OUT/image-cache)."

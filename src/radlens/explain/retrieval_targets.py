@@ -42,6 +42,7 @@ def _first_score(output: torch.Tensor) -> torch.Tensor:
 
 
 def _itm_related(output: FusionOutput) -> torch.Tensor:
+    assert output.itm_logits is not None, "the fusion model was run without its ITM head"
     return output.itm_logits[:, 1]
 
 

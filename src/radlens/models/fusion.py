@@ -11,6 +11,13 @@ makes :meth:`FusionModel.from_vilt` load a Hugging Face ViLT checkpoint exactly,
 returns every layer's attention probabilities (for attention rollout). radlens builds the image tokens
 itself and passes them as ``image_embeds``: ViltModel's own patch path shuffles the patch order at
 random, which would scramble attention maps.
+
+Align before fuse (ALBEF, Li et al. 2021): with ``aligner`` set (``radlens train retrieval --model fusion
+--base DUAL_CKPT``), the image tokens are a trained dual encoder's feature-map cells mapped by its
+projection into the shared image–text space, and the ITM head adds the dual encoder's scaled cosine
+similarity of the pair to the transformer's "related" logit. The dual encoder stays frozen. The
+transformer then learns corrections to an already aligned score: trained from scratch, a ViLT-style
+transformer stays at chance on ITM for the few thousand pairs a CPU run sees (docs/retrieval.md).
 """
 
 from __future__ import annotations
@@ -30,8 +37,16 @@ from transformers.models.vilt.modeling_vilt import ViltMLMHead
 
 from radlens.core import Config, InputError
 from radlens.models.checkpoint import register_model
+from radlens.models.dual_encoder import DualEncoder, DualEncoderConfig
 from radlens.models.image_towers import ImageTowerConfig, build_image_tower, interpolate_grid_embeddings
-from radlens.models.text_towers import MAX_POSITIONS, Tokenizer, load_tokenizer, quiet_transformers
+from radlens.models.text_towers import (
+    MAX_POSITIONS,
+    TextTower,
+    Tokenizer,
+    build_text_tower,
+    load_tokenizer,
+    quiet_transformers,
+)
 
 IGNORE_INDEX = -100
 
@@ -45,6 +60,10 @@ class FusionConfig(Config):
     ``patch_size`` at the CNN's stride (32) so no interpolation is needed. ``max_text_length`` sizes the
     text position table (at most 512). Pixels in [0, 1] are normalised with ``pixel_mean``/``pixel_std``
     in patch mode (ViLT uses 0.5/0.5); CNN towers normalise themselves.
+
+    ``aligner``: the config of a trained dual encoder whose frozen towers and projections give the image
+    tokens and the ITM head's similarity term (see the module doc); ``image_source`` and ``image_size``
+    must then be the dual encoder's. :func:`aligned_fusion_config` fills these from a dual encoder.
     """
 
     hidden_size: int = Field(256, ge=8)
@@ -68,9 +87,21 @@ class FusionConfig(Config):
     trainable_image_stages: int | None = Field(None, ge=0)
     cnn_width: int = 128
     cnn_depth: int = 4
+    aligner: DualEncoderConfig | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Self:
+        if self.aligner is not None:
+            if self.image_source != self.aligner.image_tower or self.image_size != self.aligner.image_size:
+                raise ValueError(
+                    "an aligned fusion model takes image_source and image_size from its dual encoder "
+                    f"({self.aligner.image_tower}, {self.aligner.image_size} px)"
+                )
+            if self.pretrained or self.trainable_image_stages != 0:
+                raise ValueError(
+                    "an aligned fusion model keeps its dual encoder frozen (pretrained: false, "
+                    "trainable_image_stages: 0)"
+                )
         if self.hidden_size % self.num_heads:
             raise ValueError("hidden_size must be divisible by num_heads")
         if self.image_size < self.patch_size:
@@ -108,13 +139,13 @@ class FusionConfig(Config):
 class FusionOutput:
     """What :class:`FusionModel` returns.
 
-    ``itm_logits``: B×2 (not related, related). ``mlm_logits``: B×L×V over the text positions (``None``
+    ``itm_logits``: B×2 (not related, related), ``None`` when not asked for. ``mlm_logits``: B×L×V over the text positions (``None``
     when not asked for). ``attentions``: one B×H×T×T tensor per layer, T = ``text_len`` + 1 + h·w,
     with the image CLS at ``text_len`` and the patches (row-major over ``image_grid``) from
     ``image_start``. ``last_hidden_state``: B×T×D after the final LayerNorm.
     """
 
-    itm_logits: torch.Tensor
+    itm_logits: torch.Tensor | None
     mlm_logits: torch.Tensor | None
     attentions: list[torch.Tensor]
     text_len: int
@@ -142,7 +173,11 @@ class FusionModel(nn.Module):
         vilt_config = config.vilt_config(self.tokenizer.vocab_size, self.tokenizer.pad_token_id)
         self.vilt = ViltModel(vilt_config)
         embeddings = self.vilt.embeddings
-        if config.image_source == "patch":
+        self.aligner_text_tower: TextTower | None = None
+        if config.aligner is not None:
+            self._build_aligner(config.aligner)
+            embeddings.patch_embeddings = nn.Identity()  # type: ignore[assignment]
+        elif config.image_source == "patch":
             self.image_tower = None
             self.feature_projection = None
         else:
@@ -168,6 +203,73 @@ class FusionModel(nn.Module):
         self.mlm_score = ViltMLMHead(vilt_config)
         self._init_weights()
         self.mlm_score.decoder.weight = embeddings.text_embeddings.word_embeddings.weight  # tied, as in BERT
+
+    def _build_aligner(self, aligner: DualEncoderConfig) -> None:
+        """The frozen dual-encoder parts (towers and projections) and the similarity term's two scalars."""
+        image_tower = build_image_tower(aligner.image_tower_config(), load_pretrained=False)
+        text_tower = build_text_tower(aligner.text_tower_config(), load_pretrained=False)
+        image_tower.freeze(0)
+        text_tower.freeze(0)
+        self.image_tower, self.aligner_text_tower = image_tower, text_tower
+        self.aligner_image_projection = nn.Linear(image_tower.out_dim, aligner.embed_dim, bias=False)
+        self.aligner_text_projection = nn.Linear(text_tower.out_dim, aligner.embed_dim, bias=False)
+        self.aligner_image_projection.requires_grad_(False)
+        self.aligner_text_projection.requires_grad_(False)
+        self.feature_projection = nn.Linear(aligner.embed_dim, self.config.hidden_size)
+        # "related" logit += alignment_scale · (cosine - alignment_threshold); set by calibrate_alignment
+        self.alignment_scale = nn.Parameter(torch.tensor(1.0))
+        self.alignment_threshold = nn.Parameter(torch.tensor(0.0))
+
+    def load_aligner(self, dual: DualEncoder) -> None:
+        """Copy a trained dual encoder's towers and projections into this model's frozen aligner."""
+        if self.config.aligner is None or self.aligner_text_tower is None or self.image_tower is None:
+            raise InputError("this fusion model has no aligner", "build it from aligned_fusion_config(...)")
+        if dual.config != self.config.aligner:
+            raise InputError("the dual encoder's config differs from this fusion model's aligner config")
+        self.image_tower.load_state_dict(dual.image_tower.state_dict())
+        self.aligner_text_tower.load_state_dict(dual.text_tower.state_dict())
+        self.aligner_image_projection.load_state_dict(dual.image_projection.state_dict())
+        self.aligner_text_projection.load_state_dict(dual.text_projection.state_dict())
+
+    @torch.no_grad()
+    def calibrate_alignment(self, positive: torch.Tensor, negative: torch.Tensor) -> None:
+        """Set the similarity term to the Bayes logit of two equal-variance Gaussians fitted to the
+        aligner's cosines of matching (``positive``) and non-matching (``negative``) pairs:
+        scale = (μ₊ − μ₋) / σ², threshold = (μ₊ + μ₋) / 2 (σ² the pooled variance), which is
+        linear discriminant analysis with equal priors.
+
+        Training starts from this calibrated score instead of learning the two scalars from 1 and 0,
+        which AdamW at a transformer's learning rate would take thousands of steps to do.
+        """
+        if positive.numel() < 2 or negative.numel() < 2:
+            raise ValueError("calibration needs at least 2 positive and 2 negative similarities")
+        pos, neg = positive.double(), negative.double()
+        variance = (((pos - pos.mean()) ** 2).sum() + ((neg - neg.mean()) ** 2).sum()) / (
+            pos.numel() + neg.numel()
+        )  # the maximum-likelihood pooled variance, as scikit-learn's LinearDiscriminantAnalysis
+        self.alignment_scale.fill_(float((pos.mean() - neg.mean()) / variance.clamp(min=1e-8)))
+        self.alignment_threshold.fill_(float((pos.mean() + neg.mean()) / 2))
+
+    def aligned_similarity(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
+    ) -> torch.Tensor:
+        """The aligner's cosine similarity of each (text, image) pair (B)."""
+        images = self.aligned_image_embeds(pixel_values)
+        return (images * self.aligned_text_embeds(input_ids, attention_mask)).sum(dim=-1)
+
+    def aligned_image_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The aligner's unit-norm image embeddings (B×E): the dual encoder's ``encode_image``."""
+        _, _, image_embeds = self._image_tokens(pixel_values)
+        if image_embeds is None:
+            raise InputError("this fusion model has no aligner", "train it with --base DUAL_CKPT")
+        return F.normalize(image_embeds, dim=-1)
+
+    def aligned_text_embeds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The aligner's unit-norm text embeddings (B×E): the dual encoder's ``encode_text``."""
+        if self.aligner_text_tower is None:
+            raise InputError("this fusion model has no aligner", "train it with --base DUAL_CKPT")
+        pooled = self.aligner_text_tower(input_ids, attention_mask).pooled
+        return F.normalize(self.aligner_text_projection(pooled), dim=-1)
 
     def _init_weights(self) -> None:
         """Initialise what ``ViltModel`` leaves at zero or PyTorch's defaults: ViT-style truncated normal
@@ -260,7 +362,15 @@ class FusionModel(nn.Module):
 
     def embed_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Image tokens ``[IMG] patch_1 … patch_N`` with position embeddings (B×(1+N)×D) and the grid."""
+        tokens, grid, _ = self._image_tokens(pixel_values)
+        return tokens, grid
+
+    def _image_tokens(
+        self, pixel_values: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor | None]:
+        """:meth:`embed_image` plus, for an aligned model, the aligner's image embeddings (B×E)."""
         embeddings = self.vilt.embeddings
+        aligned: torch.Tensor | None = None
         if self.image_tower is None:
             x = (self._check_pixels(pixel_values) - self.pixel_mean) / self.pixel_std
             patches = embeddings.patch_embeddings.projection(x)
@@ -270,11 +380,17 @@ class FusionModel(nn.Module):
             assert self.feature_projection is not None
             tower_out = self.image_tower(pixel_values)
             grid = tower_out.grid
-            tokens = self.feature_projection(tower_out.patch_tokens())
+            cells = tower_out.patch_tokens()
+            if self.config.aligner is not None:
+                # cells in the shared space; their mean is the dual encoder's (unnormalised) embedding,
+                # since the CNN's pooled feature is the mean of its cells and the projection is linear
+                cells = self.aligner_image_projection(cells)
+                aligned = self.aligner_image_projection(tower_out.pooled)
+            tokens = self.feature_projection(cells)
         positions = embeddings.position_embeddings
         tokens = tokens + interpolate_grid_embeddings(positions[:, 1:], grid)
         cls_token = (embeddings.cls_token + positions[:, :1]).expand(tokens.shape[0], -1, -1)
-        return embeddings.dropout(torch.cat([cls_token, tokens], dim=1)), grid
+        return embeddings.dropout(torch.cat([cls_token, tokens], dim=1)), grid, aligned
 
     def forward(
         self,
@@ -283,8 +399,13 @@ class FusionModel(nn.Module):
         pixel_values: torch.Tensor,
         output_attentions: bool = True,
         compute_mlm: bool = True,
+        compute_itm: bool = True,
     ) -> FusionOutput:
-        """Run the fusion transformer over (text, image) pairs; pixels are B×C×H×W in [0, 1]."""
+        """Run the fusion transformer over (text, image) pairs; pixels are B×C×H×W in [0, 1].
+
+        ``compute_itm=False`` (an MLM-only pass over masked text) leaves ``itm_logits`` ``None`` and, for
+        an aligned model, skips the aligner's text tower.
+        """
         if input_ids.shape[0] != pixel_values.shape[0]:
             raise InputError(
                 f"{input_ids.shape[0]} texts but {pixel_values.shape[0]} images in one batch",
@@ -295,7 +416,7 @@ class FusionModel(nn.Module):
                 f"text batch has {input_ids.shape[1]} tokens, the model takes {self.config.max_text_length}",
                 "tokenise with the model's max_text_length",
             )
-        image_embeds, grid = self.embed_image(pixel_values)
+        image_embeds, grid, aligned = self._image_tokens(pixel_values)
         image_mask = torch.ones(
             image_embeds.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device
         )
@@ -309,8 +430,14 @@ class FusionModel(nn.Module):
         )
         text_len = int(input_ids.shape[1])
         sequence = out.last_hidden_state
+        itm_logits = self.itm_score(out.pooler_output) if compute_itm else None
+        if itm_logits is not None and aligned is not None:
+            text_embeds = self.aligned_text_embeds(input_ids, attention_mask)
+            similarity = (F.normalize(aligned, dim=-1) * text_embeds).sum(dim=-1)
+            related = self.alignment_scale * (similarity - self.alignment_threshold)
+            itm_logits = itm_logits + torch.stack([torch.zeros_like(related), related], dim=-1)
         return FusionOutput(
-            itm_logits=self.itm_score(out.pooler_output),
+            itm_logits=itm_logits,
             mlm_logits=self.mlm_score(sequence[:, :text_len]) if compute_mlm else None,
             attentions=list(out.attentions or []),
             text_len=text_len,
@@ -323,7 +450,32 @@ class FusionModel(nn.Module):
     ) -> torch.Tensor:
         """P(related) for each (text, image) pair (B) — the re-ranking score. Call under no_grad to rank."""
         out = self(input_ids, attention_mask, pixel_values, output_attentions=False, compute_mlm=False)
+        assert out.itm_logits is not None
         return out.itm_logits.softmax(dim=-1)[:, 1]
+
+
+def aligned_fusion_config(fusion: FusionConfig, dual: DualEncoderConfig) -> FusionConfig:
+    """``fusion`` set up to fuse on top of a trained dual encoder with config ``dual`` (ALBEF's order).
+
+    The image source and size become the dual encoder's, and the text length its ``max_length`` (the
+    aligner then sees reports as it was trained on them); the fusion transformer's own sizes are kept.
+    """
+    if dual.image_tower not in ("efficientnet_lite0", "small_cnn"):
+        raise InputError(
+            f"an aligned fusion model needs a dual encoder with a CNN image tower, not {dual.image_tower}",
+            "train the dual encoder with image_tower efficientnet_lite0 or small_cnn",
+        )
+    values = fusion.model_dump()
+    values.update(
+        aligner=dual.model_dump(),
+        image_source=dual.image_tower,
+        image_size=dual.image_size,
+        in_channels=dual.in_channels if dual.image_tower == "small_cnn" else 3,
+        max_text_length=dual.max_length,
+        pretrained=False,
+        trainable_image_stages=0,
+    )
+    return FusionConfig.model_validate(values)
 
 
 def itm_loss(itm_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

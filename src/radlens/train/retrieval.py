@@ -4,7 +4,9 @@
   (identical report texts in a batch count as one pair). Validation: InfoNCE loss and Recall@5 both ways.
 - ``fusion``: a ViLT-style :class:`~radlens.models.fusion.FusionModel` trained with ITM (half of each
   batch paired with a negative report, :mod:`radlens.train.negatives`) + MLM on the matched pairs.
-  Validation: ITM and MLM accuracy and losses.
+  With ``--base DUAL_CKPT`` it fuses on top of that trained dual encoder (align before fuse, see
+  :func:`~radlens.models.fusion.aligned_fusion_config`); its similarity term is calibrated on training
+  pairs before the first step. Validation: ITM and MLM accuracy and losses.
 - ``metric``: the metric-learning stage (:mod:`radlens.train.metric`) on a trained ``--base`` model.
   Validation: label-aware precision@5 before and after the projection.
 
@@ -29,7 +31,15 @@ from pydantic import ValidationError, model_validator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from radlens.core import Config, InputError, atomic_write_text, is_quiet, prepare_output_dir, read_config_file
+from radlens.core import (
+    Config,
+    InputError,
+    atomic_write_text,
+    is_quiet,
+    prepare_output_dir,
+    progress,
+    read_config_file,
+)
 from radlens.data.cache import ImageCache
 from radlens.data.dataset import ImageReportDataset, collate, label_set_codes
 from radlens.data.readers import DatasetFormat, read_dataset
@@ -38,7 +48,15 @@ from radlens.data.transforms import ResizePolicy, train_augmentation
 from radlens.metrics.retrieval import retrieval_report
 from radlens.models.checkpoint import load_checkpoint, model_fingerprint, read_checkpoint_info
 from radlens.models.dual_encoder import DualEncoder, DualEncoderConfig, contrastive_loss
-from radlens.models.fusion import IGNORE_INDEX, FusionConfig, FusionModel, itm_loss, mask_tokens, mlm_loss
+from radlens.models.fusion import (
+    IGNORE_INDEX,
+    FusionConfig,
+    FusionModel,
+    aligned_fusion_config,
+    itm_loss,
+    mask_tokens,
+    mlm_loss,
+)
 from radlens.models.text_towers import Tokenizer
 from radlens.train.frozen import FrozenFeatureDualEncoder, collate_features
 from radlens.train.loop import TrainConfig, Trainer, TrainResult
@@ -96,8 +114,8 @@ class RetrievalRunConfig(Config):
             )
         if self.model == "metric" and not self.base:
             raise ValueError("--model metric needs --base, a trained dual or fusion checkpoint")
-        if self.base and self.model != "metric":
-            raise ValueError("--base applies to --model metric only")
+        if self.base and self.model == "dual":
+            raise ValueError("--base applies to --model fusion (a dual encoder to fuse on) and metric only")
         if self.negatives != "R" and self.model != "fusion":
             raise ValueError("--negatives applies to --model fusion only (ITM negatives)")
         if self.precompute_frozen and (self.model != "dual" or self.augment):
@@ -373,10 +391,11 @@ class FusionITM(nn.Module):
         model, labels = self.model, batch["itm_labels"]
         ids, mask, pixels = batch["input_ids"], batch["attention_mask"], batch["pixel_values"]
         out = model(ids, mask, pixels, output_attentions=False, compute_mlm=False)
+        assert out.itm_logits is not None
         itm = itm_loss(out.itm_logits, labels)
         matched = labels == 1
         masked, targets = mask_tokens(ids[matched], model.tokenizer, self.mlm_probability)
-        mlm_out = model(masked, mask[matched], pixels[matched], output_attentions=False)
+        mlm_out = model(masked, mask[matched], pixels[matched], output_attentions=False, compute_itm=False)
         assert mlm_out.mlm_logits is not None
         mlm = mlm_loss(mlm_out.mlm_logits, targets)
         accuracy = (out.itm_logits.argmax(dim=-1) == labels).float().mean()
@@ -390,30 +409,76 @@ class FusionITM(nn.Module):
 
 
 def _train_fusion(
-    config: RetrievalRunConfig, out: Path, resume: bool, train_set: ImageReportDataset, notes: list[str]
+    config: RetrievalRunConfig,
+    model_config: FusionConfig,
+    aligner: DualEncoder | None,
+    out: Path,
+    resume: bool,
+    train_set: ImageReportDataset,
+    notes: list[str],
 ) -> tuple[TrainResult, FusionModel]:
-    assert config.fusion is not None
     sampler = NegativeSampler([item.record.labels for item in train_set.items], config.negatives)
     if config.negatives != "R":
         notes.append(
             f"negatives {config.negatives}: {sampler.fallback_items} of {len(sampler)} training studies have "
             "no valid negative and use a random one (R)"
         )
+    if aligner is None:
+        notes.append(
+            "no --base: a fusion transformer trained from scratch needs far more pairs than a CPU run sees "
+            "to learn image-text matching; fuse on a trained dual encoder with --base (docs/retrieval.md)"
+        )
     set_seed(config.train.seed)
-    model = FusionModel(config.fusion)
-    notes.extend(filter(None, [truncation_note(model.tokenizer, train_set, config.fusion.max_text_length)]))
+    model = FusionModel(model_config)
+    if aligner is not None:
+        model.load_aligner(aligner)
+        if not resume:  # a resumed run restores the calibrated scalars from its checkpoint
+            positive, negative = _aligned_similarities(
+                model, train_set, sampler, config.train.seed, config.train.batch_size
+            )
+            model.calibrate_alignment(positive, negative)
+    notes.extend(filter(None, [truncation_note(model.tokenizer, train_set, model_config.max_text_length)]))
     trainer = Trainer(
         FusionITM(model, config.mlm_probability),
         ITMPairs(train_set, sampler, config.train.seed),
         config.train,
         out,
-        collate_fn=ITMCollator(model.tokenizer, config.fusion.max_text_length),
+        collate_fn=ITMCollator(model.tokenizer, model_config.max_text_length),
         run_config=config,
         save_model=model,
         checkpoint_extra={"negatives": config.negatives},
         description="fusion model",
     )
     return trainer.fit(resume), model
+
+
+CALIBRATION_STUDIES = 512
+
+
+@torch.no_grad()
+def _aligned_similarities(
+    model: FusionModel, dataset: ImageReportDataset, sampler: NegativeSampler, seed: int, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The aligner's cosines of up to :data:`CALIBRATION_STUDIES` training studies with their own
+    report and with a negative one (the run's strategy), for :meth:`FusionModel.calibrate_alignment`."""
+    model.eval()
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(dataset), size=min(CALIBRATION_STUDIES, len(dataset)), replace=False))
+    subset = torch.utils.data.Subset(dataset, chosen.tolist())
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    positive: list[torch.Tensor] = []
+    negative: list[torch.Tensor] = []
+    for batch in progress(loader, description="calibrating the aligned similarity"):
+        indices = batch["index"].tolist()
+        negatives = [sampler.sample(i, np.random.default_rng([seed, i]))[0] for i in indices]
+        images = model.aligned_image_embeds(batch["image"])
+        for texts, sink in ((list(batch["text"]), positive), (_texts(dataset, negatives), negative)):
+            encoded = model.tokenize(texts)
+            sink.append(
+                (images * model.aligned_text_embeds(encoded["input_ids"], encoded["attention_mask"])).sum(-1)
+            )
+    model.train()
+    return torch.cat(positive), torch.cat(negative)
 
 
 @torch.no_grad()
@@ -433,7 +498,7 @@ def validate_fusion(
     itm_correct = itm_total = mlm_correct = mlm_total = 0
     itm_losses, mlm_losses = [], []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    for batch in loader:
+    for batch in progress(loader, description=f"validating the fusion model ({strategy} negatives)"):
         indices = batch["index"].tolist()
         negatives = [sampler.sample(i, np.random.default_rng([seed, 0, i]))[0] for i in indices]
         texts = list(batch["text"]) + _texts(dataset, negatives)
@@ -447,12 +512,15 @@ def validate_fusion(
             output_attentions=False,
             compute_mlm=False,
         )
+        assert out.itm_logits is not None
         itm_losses.append(float(itm_loss(out.itm_logits, labels)) * len(labels))
         itm_correct += int((out.itm_logits.argmax(dim=-1) == labels).sum())
         itm_total += len(labels)
         n = len(indices)
         masked, targets = mask_tokens(encoded["input_ids"][:n], model.tokenizer, mlm_probability, generator)
-        mlm_out = model(masked, encoded["attention_mask"][:n], batch["image"], output_attentions=False)
+        mlm_out = model(
+            masked, encoded["attention_mask"][:n], batch["image"], output_attentions=False, compute_itm=False
+        )
         assert mlm_out.mlm_logits is not None
         chosen = targets != IGNORE_INDEX
         if chosen.any():
@@ -551,13 +619,22 @@ def train_retrieval(
     out = Path(out)
     if not resume:
         prepare_output_dir(out, overwrite)
-    base, image_size = _load_base(config) if config.model == "metric" else (None, 0)
+    base, image_size = _load_base(config) if config.base else (None, 0)
+    fusion_config = config.fusion
     if config.model == "dual":
         assert config.dual_encoder is not None
         image_size = config.dual_encoder.image_size
     elif config.model == "fusion":
         assert config.fusion is not None
-        image_size = config.fusion.image_size
+        if base is not None:
+            if not isinstance(base, DualEncoder):
+                raise InputError(
+                    f"--base {config.base} is not a dual encoder", "fuse on a trained --model dual checkpoint"
+                )
+            fusion_config = aligned_fusion_config(config.fusion, base.config)
+        else:
+            fusion_config = config.fusion
+        image_size = fusion_config.image_size
     train, validate, problems = _read_splits(config)
     if len(train) < config.train.batch_size:
         raise InputError(
@@ -575,7 +652,9 @@ def train_retrieval(
         result, dual = _train_dual(config, out, resume, train_set, notes)
         validation = validate_dual(dual, val_set, batch) if len(val_set) > 1 else {}
     elif config.model == "fusion":
-        result, fusion = _train_fusion(config, out, resume, train_set, notes)
+        assert fusion_config is not None
+        aligner = base if isinstance(base, DualEncoder) else None
+        result, fusion = _train_fusion(config, fusion_config, aligner, out, resume, train_set, notes)
         if len(val_set) > 1:
             seed = config.train.seed
             validation = validate_fusion(

@@ -84,9 +84,13 @@ def run(ctx: Context, plus: bool = False) -> MethodResult:
 
     def hook(_: nn.Module, __: Any, output: Any) -> Any:
         tensor = layer_output(output)
-        captured["activations"] = tensor
-        # Hand a copy downstream so later in-place ops cannot overwrite what we differentiate against.
+        # Hand a copy downstream so later in-place ops cannot overwrite what we differentiate against;
+        # ∂score/∂copy = ∂score/∂tensor. When everything up to the layer is frozen (a fusion model's
+        # aligner) the layer output is outside the graph: the copy then starts the graph there.
         copy = tensor.clone()
+        if not copy.requires_grad:
+            copy.requires_grad_(True)
+        captured["activations"] = copy
         return copy if isinstance(output, torch.Tensor) else (copy, *output[1:])
 
     handle = module.register_forward_hook(hook)
