@@ -8,6 +8,11 @@ image model can tell which. This script scores two oracles that see exactly what
 - image → text: rank reports by how often their label set goes with the image's drawn findings;
 - text → image: a report's label set is known; rank the images whose drawn findings fit it first.
 
+and the image–text-matching (ITM) ceiling of each negative strategy on the pairs that
+``radlens eval retrieval --fusion ... --fusion-split all --seed S`` scores: a normal-looking image with a
+normal-looking negative report is indistinguishable from a matching pair (whose report is always
+normal-looking too), so a perfect reader answers "related" and is wrong on those negatives.
+
 Usage (the pool is the one ``radlens eval retrieval --pool N --seed S`` scores):
 
     python docs/examples/retrieval_ceiling.py INDEX_DIR --pool 500 --seed 0
@@ -23,6 +28,7 @@ import numpy as np
 from radlens.data import CHEXPERT_LABELS
 from radlens.metrics import label_relevance, precision_at_k
 from radlens.retrieval import RetrievalIndex
+from radlens.train import STRATEGIES, NegativeSampler
 
 
 def main() -> None:
@@ -70,6 +76,26 @@ def main() -> None:
             [precision_at_k(scores + 1e-6 * rng.random(scores.shape), relevance, args.k) for _ in range(5)]
         )
         print(f"{name:>17}: precision@{args.k} ceiling {value:.3f}  ({len(rows)} studies)")
+    itm_ceilings(index, args.seed)
+
+
+def itm_ceilings(index: RetrievalIndex, seed: int) -> None:
+    """ITM accuracy ceilings on every indexed study paired with its report and one negative."""
+    label_sets = [row["labels"] for row in index.rows]
+    drawn = [
+        any(labels.get(name) == 1 for name in CHEXPERT_LABELS if name != "No Finding")
+        for labels in label_sets
+    ]
+    for strategy in STRATEGIES:
+        sampler = NegativeSampler(label_sets, strategy)
+        # the draw validate_fusion makes for study i: generator seeded with (seed, epoch 0, i)
+        negatives = [
+            sampler.sample(i, np.random.default_rng([seed, 0, i]))[0] for i in range(len(label_sets))
+        ]
+        both_normal = np.mean([not drawn[i] and not drawn[j] for i, j in enumerate(negatives)])
+        print(
+            f"{'ITM ' + strategy:>17}: accuracy ceiling {1 - both_normal / 2:.3f}  ({len(label_sets)} studies)"
+        )
 
 
 if __name__ == "__main__":
