@@ -11,7 +11,15 @@ from radlens.models.checkpoint import (
     save_checkpoint,
 )
 from radlens.models.dual_encoder import DualEncoder, DualEncoderConfig, DualEncoderOutput, contrastive_loss
-from radlens.models.fusion import FusionConfig, FusionModel, FusionOutput, itm_loss, mask_tokens, mlm_loss
+from radlens.models.fusion import (
+    FusionConfig,
+    FusionModel,
+    FusionOutput,
+    aligned_fusion_config,
+    itm_loss,
+    mask_tokens,
+    mlm_loss,
+)
 from radlens.models.image_towers import (
     EfficientNetLite0Tower,
     ImageTower,
@@ -55,6 +63,7 @@ __all__ = [
     "TowerOutput",
     "VGGClassifier",
     "VGGConfig",
+    "aligned_fusion_config",
     "build_image_tower",
     "build_text_tower",
     "contrastive_loss",

@@ -139,8 +139,8 @@ class FusionConfig(Config):
 class FusionOutput:
     """What :class:`FusionModel` returns.
 
-    ``itm_logits``: B×2 (not related, related), ``None`` when not asked for. ``mlm_logits``: B×L×V over the text positions (``None``
-    when not asked for). ``attentions``: one B×H×T×T tensor per layer, T = ``text_len`` + 1 + h·w,
+    ``itm_logits``: B×2 (not related, related). ``mlm_logits``: B×L×V over the text positions. Each is
+    ``None`` when not asked for (``compute_itm`` / ``compute_mlm``). ``attentions``: one B×H×T×T tensor per layer, T = ``text_len`` + 1 + h·w,
     with the image CLS at ``text_len`` and the patches (row-major over ``image_grid``) from
     ``image_start``. ``last_hidden_state``: B×T×D after the final LayerNorm.
     """

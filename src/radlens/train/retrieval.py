@@ -85,7 +85,9 @@ class RetrievalRunConfig(Config):
 
     Only the section of the chosen ``model`` is set. ``precompute_frozen`` (dual only) trains on frozen
     features computed once (:mod:`radlens.train.frozen`); it excludes ``augment``. ``mlm_probability``
-    is the fusion model's masking rate. ``negatives`` picks the ITM negatives (fusion only).
+    is the fusion model's masking rate. ``negatives`` picks the ITM negatives (fusion only). ``base`` is
+    the checkpoint a run builds on: the dual encoder a fusion model fuses on (optional), the model
+    whose embeddings the metric stage projects (required).
     """
 
     data: str
