@@ -15,8 +15,9 @@ from radlens.explain.retrieval_targets import (
     explain_image_match,
     explain_text_match,
 )
-from radlens.models.dual_encoder import DualEncoder, DualEncoderConfig
+from radlens.models.dual_encoder import DualEncoder
 from radlens.models.fusion import FusionConfig, FusionModel
+from tiny_models import tiny_dual_config
 
 TEXTS = ["small left pleural effusion", "no pneumothorax"]
 
@@ -24,20 +25,7 @@ TEXTS = ["small left pleural effusion", "no pneumothorax"]
 @pytest.fixture(scope="module")
 def dual() -> DualEncoder:
     torch.manual_seed(0)
-    config = DualEncoderConfig(
-        image_tower="small_cnn",
-        text_tower="small_bert",
-        pretrained=False,
-        embed_dim=16,
-        image_size=32,
-        in_channels=1,
-        image_width=32,
-        image_depth=2,
-        text_hidden_size=32,
-        text_layers=1,
-        text_heads=2,
-        max_length=16,
-    )
+    config = tiny_dual_config(image_size=32, max_length=16)
     return DualEncoder(config).eval()
 
 

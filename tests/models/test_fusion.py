@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from transformers import BertConfig, ViltConfig, ViltForMaskedLM
 
 from radlens.core import InputError
-from radlens.models.dual_encoder import DualEncoder, DualEncoderConfig
+from radlens.models.dual_encoder import DualEncoder
 from radlens.models.fusion import (
     FusionConfig,
     FusionModel,
@@ -22,6 +22,7 @@ from radlens.models.fusion import (
     mlm_loss,
 )
 from radlens.models.text_towers import load_tokenizer
+from tiny_models import tiny_dual_config
 
 TEXTS = ["small left pleural effusion", "no acute cardiopulmonary process seen today"]
 
@@ -216,20 +217,7 @@ def test_from_vilt_refuses_other_folders(tmp_path: Path) -> None:
 
 def _tiny_dual() -> DualEncoder:
     torch.manual_seed(3)
-    config = DualEncoderConfig(
-        image_tower="small_cnn",
-        text_tower="small_bert",
-        pretrained=False,
-        embed_dim=16,
-        image_size=64,
-        in_channels=1,
-        image_width=32,
-        image_depth=2,
-        text_hidden_size=32,
-        text_layers=1,
-        text_heads=2,
-        max_length=32,
-    )
+    config = tiny_dual_config()
     return DualEncoder(config).eval()
 
 

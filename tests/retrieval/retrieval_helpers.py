@@ -28,6 +28,7 @@ from radlens.models import (
 from radlens.phantom.spec import PhantomConfig
 from radlens.phantom.writer import generate_dataset
 from radlens.retrieval.build import build_index
+from tiny_models import tiny_dual_config
 
 IMAGE_SIZE = 32
 MAX_LENGTH = 64
@@ -47,20 +48,7 @@ _WORLDS: dict[Path, World] = {}
 
 
 def dual_config() -> DualEncoderConfig:
-    return DualEncoderConfig(
-        image_tower="small_cnn",
-        text_tower="small_bert",
-        pretrained=False,
-        embed_dim=32,
-        image_size=IMAGE_SIZE,
-        in_channels=1,
-        image_width=16,
-        image_depth=2,
-        max_length=MAX_LENGTH,
-        text_hidden_size=32,
-        text_layers=1,
-        text_heads=2,
-    )
+    return tiny_dual_config(embed_dim=32, image_size=IMAGE_SIZE, image_width=16, max_length=MAX_LENGTH)
 
 
 def pixels(records: list[StudyRecord], size: int = IMAGE_SIZE) -> torch.Tensor:

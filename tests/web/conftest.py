@@ -25,27 +25,15 @@ class WebData:
 @pytest.fixture(scope="session")
 def web_data(tmp_path_factory: pytest.TempPathFactory) -> WebData:
     from radlens.models.checkpoint import save_checkpoint
-    from radlens.models.dual_encoder import DualEncoder, DualEncoderConfig
+    from radlens.models.dual_encoder import DualEncoder
     from radlens.retrieval.build import build_index
+    from tiny_models import tiny_dual_config
 
     root = tmp_path_factory.mktemp("web")
     data = WebData(root, root / "phantom", root / "model", root / "index")
     generate_dataset(PhantomConfig(studies=24, size=64, seed=3, workers=1), data.phantom)
     torch.manual_seed(0)
-    config = DualEncoderConfig(
-        image_tower="small_cnn",
-        text_tower="small_bert",
-        pretrained=False,
-        embed_dim=16,
-        image_size=64,
-        in_channels=1,
-        image_width=32,
-        image_depth=2,
-        text_hidden_size=32,
-        text_layers=1,
-        text_heads=2,
-        max_length=32,
-    )
+    config = tiny_dual_config()
     save_checkpoint(DualEncoder(config), data.model)
     build_index(data.model, data.phantom, data.index)
     return data
