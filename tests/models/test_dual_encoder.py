@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from radlens.core import InputError
 from radlens.models.dual_encoder import DualEncoder, DualEncoderConfig, contrastive_loss
+from tiny_models import tiny_dual_config
 
 TEXTS = [
     "small left pleural effusion",
@@ -20,22 +21,7 @@ TEXTS = [
 
 
 def _tiny_config(**changes: object) -> DualEncoderConfig:
-    values: dict[str, object] = {
-        "image_tower": "small_cnn",
-        "text_tower": "small_bert",
-        "pretrained": False,
-        "embed_dim": 16,
-        "image_size": 32,
-        "in_channels": 1,
-        "image_width": 32,
-        "image_depth": 2,
-        "text_hidden_size": 32,
-        "text_layers": 1,
-        "text_heads": 2,
-        "max_length": 16,
-    }
-    values.update(changes)
-    return DualEncoderConfig.model_validate(values)
+    return tiny_dual_config(**({"image_size": 32, "max_length": 16} | changes))
 
 
 def _batch(model: DualEncoder, size: int = 4) -> dict[str, torch.Tensor]:
