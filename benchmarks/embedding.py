@@ -8,6 +8,9 @@ matters), and divided by the peak: the best FLOP/s of a large float32 ``torch.mm
 That ratio says how much of the hardware the model uses; depthwise convolutions and short sequences
 cannot reach a large matmul's efficiency, so expect well below 1.
 
+The image tower runs its convolutions in channels-last (NHWC) memory order; the "NCHW" rows run the same
+weights on the same pixels in the default order, the alternative, side by side in the same run.
+
     python benchmarks/embedding.py                  # 160 px (cpu-demo) and 224 px, all threads
     python benchmarks/embedding.py --threads 1
 """
@@ -25,6 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from _machine import cpu_model
 from radlens.models.dual_encoder import DualEncoder, DualEncoderConfig
+from radlens.models.image_towers import ImageTower
 from radlens.phantom.report import write_report
 from radlens.phantom.sampling import sample_studies
 from radlens.phantom.spec import PhantomConfig
@@ -54,6 +58,15 @@ def counted_flops(run: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
+def embed_images_nchw(model: DualEncoder, pixels: torch.Tensor) -> torch.Tensor:
+    """``model.embed_images(pixels)`` with the convolutions in the default NCHW order (the alternative)."""
+    tower = model.image_tower
+    x = ImageTower.normalize(tower, pixels)  # the base class keeps the contiguous NCHW layout
+    for stage in tower.stages():
+        x = stage(x)
+    return torch.nn.functional.normalize(model.image_projection(x.mean(dim=(2, 3))), dim=-1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -81,6 +94,12 @@ def main() -> None:
         model = DualEncoder(config).eval()
         pixels = torch.rand(batch, 3, size, size)
         rows.append((f"images, EfficientNet-Lite0 at {size} px", lambda m=model, p=pixels: m.embed_images(p)))
+        rows.append(
+            (
+                f"images at {size} px, NCHW (the alternative)",
+                lambda m=model, p=pixels: embed_images_nchw(m, p),
+            )
+        )
     model = DualEncoder(DualEncoderConfig(max_length=128, embed_dim=128)).eval()
     rows.append(("reports, MiniLM (RadPhantom reports, ≤ 128 tokens)", lambda: model.embed_texts(reports)))
     for name, run in rows:

@@ -13,6 +13,7 @@ from skimage.transform import resize
 from radlens.core import InputError
 from radlens.models.image_towers import (
     EfficientNetLite0Tower,
+    ImageTower,
     ImageTowerConfig,
     _SameConv2d,
     build_image_tower,
@@ -78,6 +79,23 @@ def test_grey_input_is_repeated_to_rgb(lite0: EfficientNetLite0Tower) -> None:
     grey = torch.rand(1, 1, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(lite0(grey).pooled, lite0(grey.repeat(1, 3, 1, 1)).pooled)
+
+
+def test_channels_last_order_computes_the_nchw_function_and_keeps_weights_contiguous(
+    lite0: EfficientNetLite0Tower,
+) -> None:
+    x = torch.rand(2, 3, 96, 96)
+    nchw = ImageTower.normalize(lite0, x)  # the base class: the default memory order
+    assert nchw.is_contiguous()
+    with torch.no_grad():
+        reference = nchw
+        for stage in lite0.stages():
+            reference = stage(reference)
+        out = lite0(x)
+    assert lite0.normalize(x).is_contiguous(memory_format=torch.channels_last)
+    assert out.feature_map is not None
+    torch.testing.assert_close(out.feature_map, reference, rtol=1e-4, atol=1e-4)
+    assert all(p.is_contiguous() for p in lite0.parameters())  # safetensors saves contiguous tensors only
 
 
 def test_same_padding_is_tensorflows_asymmetric_rule() -> None:
