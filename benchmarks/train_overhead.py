@@ -1,7 +1,7 @@
 """Training-loop overhead: radlens's Accelerate loop vs a bare PyTorch loop, same model/data/optimiser.
 
-The workload is the ``cpu-demo`` dual-encoder preset (EfficientNet-Lite0 + MiniLM, top stage of each
-trained, 160 px, frozen features computed once) on a RadPhantom dataset generated into a temporary
+The workload is the ``cpu-demo`` dual-encoder preset (EfficientNet-Lite0 + MiniLM, the preset's top
+stages trained, 160 px, frozen features computed once) on a RadPhantom dataset generated into a temporary
 folder. Both loops run :class:`radlens.train.frozen.FrozenFeatureDualEncoder` on the same precomputed
 features, batch size, AdamW parameter groups, warm-up + cosine schedule and gradient clipping:
 
