@@ -259,10 +259,9 @@ class FusionModel(nn.Module):
 
     def aligned_image_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The aligner's unit-norm image embeddings (B×E): the dual encoder's ``encode_image``."""
-        _, _, image_embeds = self._image_tokens(pixel_values)
-        if image_embeds is None:
+        if self.config.aligner is None or self.image_tower is None:
             raise InputError("this fusion model has no aligner", "train it with --base DUAL_CKPT")
-        return F.normalize(image_embeds, dim=-1)
+        return F.normalize(self.aligner_image_projection(self.image_tower(pixel_values).pooled), dim=-1)
 
     def aligned_text_embeds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The aligner's unit-norm text embeddings (B×E): the dual encoder's ``encode_text``."""

@@ -627,15 +627,13 @@ def train_retrieval(
         assert config.dual_encoder is not None
         image_size = config.dual_encoder.image_size
     elif config.model == "fusion":
-        assert config.fusion is not None
+        assert fusion_config is not None
         if base is not None:
             if not isinstance(base, DualEncoder):
                 raise InputError(
                     f"--base {config.base} is not a dual encoder", "fuse on a trained --model dual checkpoint"
                 )
-            fusion_config = aligned_fusion_config(config.fusion, base.config)
-        else:
-            fusion_config = config.fusion
+            fusion_config = aligned_fusion_config(fusion_config, base.config)
         image_size = fusion_config.image_size
     train, validate, problems = _read_splits(config)
     if len(train) < config.train.batch_size:
