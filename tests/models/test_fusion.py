@@ -76,6 +76,37 @@ def test_itm_probability_and_skipping_mlm() -> None:
     assert mlm_only.itm_logits is None and mlm_only.mlm_logits is not None
 
 
+def test_fuse_on_image_features_and_mlm_at_chosen_positions_match_the_full_pass() -> None:
+    torch.manual_seed(0)
+    model = _tiny(image_source="small_cnn", cnn_width=32, cnn_depth=2, patch_size=8, in_channels=1).eval()
+    encoded = model.tokenize(TEXTS)
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    pixels = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(2))
+    positions = torch.zeros_like(ids, dtype=torch.bool)
+    positions[0, 1], positions[1, 2], positions[1, 4] = True, True, True
+    with torch.no_grad():
+        full = model(ids, mask, pixels)
+        image = model.image_features(pixels)
+        fused = model.fuse(ids, mask, image)
+        # one image reused for both texts (rows), and logits at 3 chosen positions only
+        reused = model.fuse(ids, mask, image.rows(torch.tensor([1, 1])), mlm_positions=positions)
+        alone = model(ids, mask, pixels[[1, 1]])
+    assert image.cells.shape == (2, 8 * 8, 32) and image.grid == (8, 8)
+    torch.testing.assert_close(fused.itm_logits, full.itm_logits)
+    torch.testing.assert_close(fused.mlm_logits, full.mlm_logits)
+    assert reused.mlm_logits is not None and alone.mlm_logits is not None
+    assert reused.mlm_logits.shape == (3, 30522)
+    torch.testing.assert_close(reused.mlm_logits, alone.mlm_logits[positions])
+    torch.testing.assert_close(reused.itm_logits, alone.itm_logits)
+    labels = torch.full_like(ids, -100)
+    labels[positions] = torch.tensor([5, 6, 7])
+    torch.testing.assert_close(
+        mlm_loss(reused.mlm_logits, labels[positions]), mlm_loss(alone.mlm_logits, labels)
+    )
+    with pytest.raises(InputError, match="2 texts but 1 images"):
+        model.fuse(ids, mask, image.rows(torch.tensor([0])))
+
+
 def test_cnn_image_source_and_tied_decoder() -> None:
     model = _tiny(image_source="small_cnn", cnn_width=32, cnn_depth=2, patch_size=8, in_channels=1).eval()
     encoded = model.tokenize(TEXTS)

@@ -8,15 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_helpers import TINY_DUAL
+from train_helpers import TINY_DUAL, TINY_FUSION
 
 from radlens.data.dataset import ImageReportDataset
 from radlens.data.labeler import identical_label_sets
 from radlens.data.readers import read_dataset
 from radlens.data.transforms import ResizePolicy
 from radlens.models.dual_encoder import DualEncoder, DualEncoderConfig
+from radlens.models.fusion import FusionConfig, FusionModel, aligned_fusion_config
 from radlens.models.text_towers import load_tokenizer
-from radlens.train.frozen import FrozenFeatureDualEncoder, collate_features
+from radlens.train.frozen import FrozenFeatureDualEncoder, collate_features, precompute_fusion_features
 from radlens.train.loop import TrainConfig, Trainer
 from radlens.train.metric import (
     EmbeddingDataset,
@@ -27,7 +28,7 @@ from radlens.train.metric import (
     label_precision_at_k,
 )
 from radlens.train.negatives import NegativeSampler
-from radlens.train.retrieval import DualCollator, ITMCollator, ITMPairs
+from radlens.train.retrieval import DualCollator, FusionITM, ITMCollator, ITMPairs
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +74,45 @@ def test_frozen_features_give_the_full_models_loss(studies: ImageReportDataset, 
     torch.testing.assert_close(model.text_projection.weight.grad, tail, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_precomputed_aligner_outputs_give_the_full_fusion_loss(
+    studies: ImageReportDataset, mode: str
+) -> None:
+    """A fusion step on precomputed aligner outputs is the full model's step: same loss, same gradients."""
+    torch.manual_seed(0)
+    dual = DualEncoder(DualEncoderConfig.model_validate(TINY_DUAL))
+    model = FusionModel(aligned_fusion_config(FusionConfig.model_validate(TINY_FUSION), dual.config))
+    model.load_aligner(dual)
+    labels = [item.record.labels for item in studies.items]
+    texts = [item.record.report_text() for item in studies.items]
+    features = precompute_fusion_features(model, studies, texts, batch_size=5)
+    assert features.cells.shape[:2] == (len(studies), features.grid[0] * features.grid[1])
+    sampler, collator = NegativeSampler(labels, "R"), ITMCollator(model.tokenizer, 48)
+    indices = [3, 0, 7, 12, 5, 9]
+    full_batch = collator([ITMPairs(studies, texts, sampler, seed=1)[i] for i in indices])
+    cached_batch = collator([ITMPairs(features, texts, sampler, seed=1)[i] for i in indices])
+    assert "pixel_values" in full_batch and "image_cells" in cached_batch
+    torch.testing.assert_close(cached_batch["input_ids"], full_batch["input_ids"])
+    full_step, cached_step = FusionITM(model, 0.3), FusionITM(model, 0.3, features)
+    model.train(mode == "train")
+    results = []
+    for step, batch in ((full_step, full_batch), (cached_step, cached_batch)):
+        torch.manual_seed(1)  # same masking and dropout draws
+        model.zero_grad()
+        losses = step.loss(batch)
+        losses["loss"].backward()
+        results.append((losses, model.feature_projection.weight.grad.clone()))
+    (full, full_grad), (cached, cached_grad) = results
+    assert full["mlm_loss"] > 0 and full["itm_loss"] > 0
+    for key in ("loss", "itm_loss", "mlm_loss", "itm_accuracy"):
+        torch.testing.assert_close(cached[key], full[key], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cached_grad, full_grad, rtol=1e-4, atol=1e-6)
+
+
 def test_itm_batches_are_balanced_and_negatives_follow_the_strategy(studies: ImageReportDataset) -> None:
     labels = [item.record.labels for item in studies.items]
-    pairs = ITMPairs(studies, NegativeSampler(labels, "NE"), seed=3)
+    texts = [item.record.report_text() for item in studies.items]
+    pairs = ITMPairs(studies, texts, NegativeSampler(labels, "NE"), seed=3)
     collator = ITMCollator(load_tokenizer(), 48)
     for epoch, indices in enumerate(([0, 4, 2, 9, 1, 7], [5, 6, 3, 8, 10, 11, 12, 13])):
         pairs.set_epoch(epoch)
@@ -93,7 +130,8 @@ def test_itm_batches_are_balanced_and_negatives_follow_the_strategy(studies: Ima
             )
             assert not item["negative_fallback"]
             assert not identical_label_sets(labels[index], labels[negative])
-    again = ITMPairs(studies, NegativeSampler(labels, "NE"), seed=3)
+            assert texts[int(batch["text_index"][row])] == text  # whose report the row holds
+    again = ITMPairs(studies, texts, NegativeSampler(labels, "NE"), seed=3)
     again.set_epoch(1)
     assert again[5]["negative_text"] == pairs[5]["negative_text"]  # deterministic under the seed
 

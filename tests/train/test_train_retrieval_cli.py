@@ -144,6 +144,39 @@ def test_fusion_on_the_dual_run_is_aligned_and_calibrated(
     assert validation["negatives"] == "R" and 0 <= validation["itm_accuracy"] <= 1
 
 
+def test_resume_of_precomputed_fusion_run_matches_uninterrupted(
+    tmp_path: Path, phantom: Path, dual_run: Path
+) -> None:
+    """A fusion run on precomputed aligner outputs resumes exactly (masking draws included)."""
+    config = write_yaml(
+        tmp_path / "fusion.yaml",
+        {
+            "train": {**TINY_TRAIN, "max_steps": 6, "checkpoint_every": 3},
+            "precompute_frozen": True,
+            "fusion": TINY_FUSION,
+        },
+    )
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    options = ["--data", str(phantom), "--model", "fusion", "--base", str(dual_run), "--config", str(config)]
+    options += ["--negatives", "NE", "--cache-dir", str(tmp_path / "cache")]
+    assert _train(*options, "--out", str(full)) == 0
+    killed.mkdir()  # what a run killed after saving step 3 leaves behind
+    shutil.copytree(full / "checkpoint-3", killed / "checkpoint-3")
+    assert _train(*options, "--out", str(killed), "--resume") == 0
+    rows = {
+        name: [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        for name, run in (("full", full), ("resumed", killed))
+    }
+    assert len(rows["full"]) == 6
+    for key in ("loss", "itm_loss", "mlm_loss"):
+        np.testing.assert_allclose(
+            [r[key] for r in rows["resumed"]], [r[key] for r in rows["full"]], atol=1e-6
+        )
+    expected, got = load_checkpoint(full).state_dict(), load_checkpoint(killed).state_dict()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, atol=1e-6, rtol=0)
+
+
 def test_metric_stage_on_the_dual_run(tmp_path: Path, phantom: Path, dual_run: Path) -> None:
     config = write_yaml(
         tmp_path / "metric.yaml", {"train": {**TINY_TRAIN, "batch_size": 16}, "metric": {"out_dim": 8}}
@@ -173,6 +206,7 @@ def _bad(tmp_path: Path, phantom: Path, dual_yaml: Path, dual_run: Path) -> dict
         tmp_path / "other.yaml",
         {"train": {**TINY_TRAIN, "lr": 0.5}, "precompute_frozen": False, "dual_encoder": TINY_DUAL},
     )
+    precomputed = write_yaml(tmp_path / "precomputed.yaml", {"precompute_frozen": True})
     return {
         "missing data": (["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o1")], "not found"),
         "unknown format": ([*data, "--format", "dicom", "--out", str(tmp_path / "o2")], "unknown --format"),
@@ -201,6 +235,10 @@ def _bad(tmp_path: Path, phantom: Path, dual_yaml: Path, dual_run: Path) -> dict
         "base for dual": (
             [*data, "--out", str(tmp_path / "o9"), "--base", str(dual_run)],
             "error: --base applies to --model fusion",
+        ),
+        "precomputed fusion without base": (
+            [*data, "--out", str(tmp_path / "o10"), "--model", "fusion", "--config", str(precomputed)],
+            "error: precompute_frozen with --model fusion needs --base DUAL_CKPT",
         ),
         "out not empty": ([*data, "--out", str(dual_run), "--config", str(dual_yaml)], "not empty"),
     }

@@ -13,6 +13,7 @@ from radlens.models.checkpoint import (
 from radlens.models.dual_encoder import DualEncoder, DualEncoderConfig, DualEncoderOutput, contrastive_loss
 from radlens.models.fusion import (
     FusionConfig,
+    FusionImageFeatures,
     FusionModel,
     FusionOutput,
     aligned_fusion_config,
@@ -48,6 +49,7 @@ __all__ = [
     "DualEncoderOutput",
     "EfficientNetLite0Tower",
     "FusionConfig",
+    "FusionImageFeatures",
     "FusionModel",
     "FusionOutput",
     "ImageTower",

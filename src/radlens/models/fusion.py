@@ -136,12 +136,36 @@ class FusionConfig(Config):
 
 
 @dataclass
+class FusionImageFeatures:
+    """The image side of a batch before the fusion transformer's own layers (:meth:`FusionModel.image_features`).
+
+    ``cells``: B×N×C, row-major over ``grid`` (h, w): ViLT's projected patches, a CNN tower's feature-map
+    cells or, for an aligned model, those cells mapped into the dual encoder's shared space. An aligned
+    model's image tower is frozen, so its features are fixed per image and training can compute them
+    once (:mod:`radlens.train.frozen`).
+    """
+
+    cells: torch.Tensor
+    grid: tuple[int, int]
+
+    def rows(self, index: torch.Tensor) -> FusionImageFeatures:
+        """The features of the images at ``index`` (a row index or a boolean mask)."""
+        return FusionImageFeatures(self.cells[index], self.grid)
+
+    def pooled(self) -> torch.Tensor:
+        """The mean cell (B×C). For an aligned model this is the dual encoder's image embedding before
+        normalisation: a CNN pools by averaging its cells, and the aligner's projection is linear."""
+        return self.cells.mean(dim=1)
+
+
+@dataclass
 class FusionOutput:
     """What :class:`FusionModel` returns.
 
-    ``itm_logits``: B×2 (not related, related). ``mlm_logits``: B×L×V over the text positions. Each is
-    ``None`` when not asked for (``compute_itm`` / ``compute_mlm``). ``attentions``: one B×H×T×T tensor per layer, T = ``text_len`` + 1 + h·w,
-    with the image CLS at ``text_len`` and the patches (row-major over ``image_grid``) from
+    ``itm_logits``: B×2 (not related, related). ``mlm_logits``: B×L×V over the text positions, or M×V
+    over the M positions ``mlm_positions`` picks. Each is ``None`` when not asked for (``compute_itm`` /
+    ``compute_mlm``). ``attentions``: one B×H×T×T tensor per layer, T = ``text_len`` + 1 + h·w, with
+    the image CLS at ``text_len`` and the patches (row-major over ``image_grid``) from
     ``image_start``. ``last_hidden_state``: B×T×D after the final LayerNorm.
     """
 
@@ -259,9 +283,9 @@ class FusionModel(nn.Module):
 
     def aligned_image_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The aligner's unit-norm image embeddings (B×E): the dual encoder's ``encode_image``."""
-        if self.config.aligner is None or self.image_tower is None:
+        if self.config.aligner is None:
             raise InputError("this fusion model has no aligner", "train it with --base DUAL_CKPT")
-        return F.normalize(self.aligner_image_projection(self.image_tower(pixel_values).pooled), dim=-1)
+        return F.normalize(self.image_features(pixel_values).pooled(), dim=-1)
 
     def aligned_text_embeds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The aligner's unit-norm text embeddings (B×E): the dual encoder's ``encode_text``."""
@@ -344,6 +368,10 @@ class FusionModel(nn.Module):
         model.mlm_score.load_state_dict(source.mlm_score.state_dict(), strict=True)
         return model
 
+    @property
+    def device(self) -> torch.device:
+        return self.itm_score.weight.device
+
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Tokenise with ``max_text_length``; ``truncated`` says which texts were cut."""
         return self.tokenizer.encode(texts, self.config.max_text_length)
@@ -359,37 +387,32 @@ class FusionModel(nn.Module):
             )
         return pixel_values
 
-    def embed_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Image tokens ``[IMG] patch_1 … patch_N`` with position embeddings (B×(1+N)×D) and the grid."""
-        tokens, grid, _ = self._image_tokens(pixel_values)
-        return tokens, grid
-
-    def _image_tokens(
-        self, pixel_values: torch.Tensor
-    ) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor | None]:
-        """:meth:`embed_image` plus, for an aligned model, the aligner's image embeddings (B×E)."""
-        embeddings = self.vilt.embeddings
-        aligned: torch.Tensor | None = None
+    def image_features(self, pixel_values: torch.Tensor) -> FusionImageFeatures:
+        """The image side up to the fusion transformer's own layers (see :class:`FusionImageFeatures`)."""
         if self.image_tower is None:
             x = (self._check_pixels(pixel_values) - self.pixel_mean) / self.pixel_std
-            patches = embeddings.patch_embeddings.projection(x)
+            patches = self.vilt.embeddings.patch_embeddings.projection(x)
             grid = (int(patches.shape[2]), int(patches.shape[3]))
-            tokens = patches.flatten(2).transpose(1, 2)
-        else:
-            assert self.feature_projection is not None
-            tower_out = self.image_tower(pixel_values)
-            grid = tower_out.grid
-            cells = tower_out.patch_tokens()
-            if self.config.aligner is not None:
-                # cells in the shared space; their mean is the dual encoder's (unnormalised) embedding,
-                # since the CNN's pooled feature is the mean of its cells and the projection is linear
-                cells = self.aligner_image_projection(cells)
-                aligned = self.aligner_image_projection(tower_out.pooled)
-            tokens = self.feature_projection(cells)
+            return FusionImageFeatures(patches.flatten(2).transpose(1, 2), grid)
+        tower_out = self.image_tower(pixel_values)
+        cells = tower_out.patch_tokens()
+        if self.config.aligner is not None:
+            cells = self.aligner_image_projection(cells)
+        return FusionImageFeatures(cells, tower_out.grid)
+
+    def embed_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Image tokens ``[IMG] patch_1 … patch_N`` with position embeddings (B×(1+N)×D) and the grid."""
+        features = self.image_features(pixel_values)
+        return self._image_tokens(features), features.grid
+
+    def _image_tokens(self, features: FusionImageFeatures) -> torch.Tensor:
+        embeddings = self.vilt.embeddings
+        cells = features.cells
+        tokens = cells if self.feature_projection is None else self.feature_projection(cells)
         positions = embeddings.position_embeddings
-        tokens = tokens + interpolate_grid_embeddings(positions[:, 1:], grid)
+        tokens = tokens + interpolate_grid_embeddings(positions[:, 1:], features.grid)
         cls_token = (embeddings.cls_token + positions[:, :1]).expand(tokens.shape[0], -1, -1)
-        return embeddings.dropout(torch.cat([cls_token, tokens], dim=1)), grid, aligned
+        return embeddings.dropout(torch.cat([cls_token, tokens], dim=1))
 
     def forward(
         self,
@@ -410,12 +433,42 @@ class FusionModel(nn.Module):
                 f"{input_ids.shape[0]} texts but {pixel_values.shape[0]} images in one batch",
                 "pass one image per text",
             )
+        return self.fuse(
+            input_ids,
+            attention_mask,
+            self.image_features(pixel_values),
+            output_attentions=output_attentions,
+            compute_mlm=compute_mlm,
+            compute_itm=compute_itm,
+        )
+
+    def fuse(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image: FusionImageFeatures,
+        aligned_text: torch.Tensor | None = None,
+        output_attentions: bool = True,
+        compute_mlm: bool = True,
+        compute_itm: bool = True,
+        mlm_positions: torch.Tensor | None = None,
+    ) -> FusionOutput:
+        """:meth:`forward` from image features (:meth:`image_features`), computed once for several passes
+        or precomputed. ``aligned_text``: the aligner's text embeddings of the texts (B×E, as
+        :meth:`aligned_text_embeds` gives), when precomputed. ``mlm_positions`` (B×L bool): score only
+        those text positions (M×V logits), which spares the vocabulary-sized output of the rest.
+        """
+        if input_ids.shape[0] != image.cells.shape[0]:
+            raise InputError(
+                f"{input_ids.shape[0]} texts but {image.cells.shape[0]} images in one batch",
+                "pass one image per text",
+            )
         if input_ids.shape[1] > self.config.max_text_length:
             raise InputError(
                 f"text batch has {input_ids.shape[1]} tokens, the model takes {self.config.max_text_length}",
                 "tokenise with the model's max_text_length",
             )
-        image_embeds, grid, aligned = self._image_tokens(pixel_values)
+        image_embeds = self._image_tokens(image)
         image_mask = torch.ones(
             image_embeds.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device
         )
@@ -430,17 +483,24 @@ class FusionModel(nn.Module):
         text_len = int(input_ids.shape[1])
         sequence = out.last_hidden_state
         itm_logits = self.itm_score(out.pooler_output) if compute_itm else None
-        if itm_logits is not None and aligned is not None:
-            text_embeds = self.aligned_text_embeds(input_ids, attention_mask)
-            similarity = (F.normalize(aligned, dim=-1) * text_embeds).sum(dim=-1)
+        if itm_logits is not None and self.config.aligner is not None:
+            if aligned_text is None:
+                aligned_text = self.aligned_text_embeds(input_ids, attention_mask)
+            similarity = (F.normalize(image.pooled(), dim=-1) * aligned_text).sum(dim=-1)
             related = self.alignment_scale * (similarity - self.alignment_threshold)
             itm_logits = itm_logits + torch.stack([torch.zeros_like(related), related], dim=-1)
+        mlm_logits = None
+        if compute_mlm:
+            text_states = sequence[:, :text_len]
+            if mlm_positions is not None:
+                text_states = text_states[mlm_positions.to(text_states.device)]
+            mlm_logits = self.mlm_score(text_states)
         return FusionOutput(
             itm_logits=itm_logits,
-            mlm_logits=self.mlm_score(sequence[:, :text_len]) if compute_mlm else None,
+            mlm_logits=mlm_logits,
             attentions=list(out.attentions or []),
             text_len=text_len,
-            image_grid=grid,
+            image_grid=image.grid,
             last_hidden_state=sequence,
         )
 
@@ -483,11 +543,15 @@ def itm_loss(itm_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def mlm_loss(mlm_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over masked positions (``labels`` != -100); 0 when nothing is masked."""
+    """Mean cross-entropy over masked positions (``labels`` != -100); 0 when nothing is masked.
+
+    ``mlm_logits`` is B×L×V with ``labels`` B×L, or M×V with ``labels`` M (logits at chosen positions).
+    """
     labels = labels.to(mlm_logits.device)
     if not bool((labels != IGNORE_INDEX).any()):
         return mlm_logits.sum() * 0.0  # keeps the graph connected so a backward pass still works
-    return F.cross_entropy(mlm_logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+    vocabulary = mlm_logits.shape[-1]
+    return F.cross_entropy(mlm_logits.reshape(-1, vocabulary), labels.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
 def mask_tokens(

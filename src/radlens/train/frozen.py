@@ -1,6 +1,6 @@
-"""Train a dual encoder's unfrozen top on precomputed outputs of its frozen bottom (CPU training).
+"""Train on precomputed outputs of a model's frozen part (CPU training).
 
-When all but the last stages of both towers are frozen (``trainable_image_stages`` /
+Dual encoder: when all but the last stages of both towers are frozen (``trainable_image_stages`` /
 ``trainable_text_stages``) and images are not augmented, the frozen stages compute the same features for
 a study at every step: they are run once (:meth:`FrozenFeatureDualEncoder.precompute`) and training only
 runs the trainable stages — about 4× faster for EfficientNet-Lite0 + MiniLM with one trainable stage
@@ -10,11 +10,16 @@ dual encoder's own: checkpoints save the :class:`~radlens.models.dual_encoder.Du
 
 Supported towers: the CNN image towers (``efficientnet_lite0``, ``small_cnn``: a plain sequence of
 stages) and both BERT text towers with at least their embeddings frozen.
+
+Fusion model on a frozen dual encoder (``--base``): the aligner's image cells and its text embedding
+of every report are fixed, so :func:`precompute_fusion_features` computes them once and a training
+step runs only the fusion transformer (:class:`~radlens.train.retrieval.FusionITM` takes either).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -25,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from radlens.core import InputError, progress
 from radlens.data.dataset import ImageReportDataset, collate, label_set_codes
 from radlens.models.dual_encoder import DualEncoder
+from radlens.models.fusion import FusionModel
 from radlens.models.image_towers import EfficientNetLite0Tower, SmallCNNTower
 from radlens.models.text_towers import mean_pool
 
@@ -169,3 +175,86 @@ def collate_features(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         "group_ids": torch.tensor([item["group"] for item in items]),
         "label_codes": torch.tensor([item["label_code"] for item in items]),
     }
+
+
+# --- fusion model on a frozen dual encoder ----------------------------------------------------------------
+
+
+class FusionFeatureDataset(Dataset[dict[str, Any]]):
+    """An aligned fusion model's precomputed inputs per study: the image cells (S×N×E, the
+    :class:`~radlens.models.fusion.FusionImageFeatures` of each image, on a ``grid``), the aligner's
+    unit-norm embedding of each report (S×E, row = study) and the report texts."""
+
+    def __init__(
+        self, cells: torch.Tensor, grid: tuple[int, int], aligned_texts: torch.Tensor, texts: list[str]
+    ) -> None:
+        if not len(cells) == len(aligned_texts) == len(texts):
+            raise ValueError("cells, aligned_texts and texts must have one row per study")
+        self.cells, self.grid, self.aligned_texts, self.texts = cells, grid, aligned_texts, texts
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"index": index, "image_cells": self.cells[index], "text": self.texts[index]}
+
+
+def supports_fusion_precompute(model: FusionModel) -> bool:
+    """Whether :func:`precompute_fusion_features` applies: the model fuses on a frozen dual encoder."""
+    return model.config.aligner is not None
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def aligned_text_table(model: FusionModel, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+    """The aligner's unit-norm embeddings of ``texts`` (len(texts)×E, on the CPU)."""
+    if model.config.aligner is None:
+        raise InputError("this fusion model has no aligner", "train it with --base DUAL_CKPT")
+    rows: list[torch.Tensor] = []
+    starts = range(0, len(texts), batch_size)
+    with _eval_mode(model):
+        for start in progress(starts, total=len(starts), description="aligner text embeddings"):
+            encoded = model.tokenize(texts[start : start + batch_size])
+            ids = encoded["input_ids"].to(model.device)
+            mask = encoded["attention_mask"].to(model.device)
+            rows.append(model.aligned_text_embeds(ids, mask).cpu())
+    return torch.cat(rows) if rows else torch.zeros(0, model.config.aligner.embed_dim)
+
+
+@torch.no_grad()
+def precompute_fusion_features(
+    model: FusionModel,
+    dataset: Dataset[Any],
+    texts: Sequence[str],
+    batch_size: int = 32,
+    num_workers: int = 0,
+) -> FusionFeatureDataset:
+    """:class:`FusionFeatureDataset` of an aligned ``model`` over ``dataset`` (items with an ``image`` in
+    [0, 1], as :class:`~radlens.data.dataset.ImageReportDataset` gives) whose reports are ``texts``."""
+    if not supports_fusion_precompute(model):
+        raise InputError(
+            "only a fusion model built on a dual encoder (--base) has a frozen part to precompute",
+            "pass --base DUAL_CKPT, or set precompute_frozen: false",
+        )
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers
+    )
+    cells: list[torch.Tensor] = []
+    grid = (0, 0)
+    total = (len(dataset) + batch_size - 1) // batch_size  # type: ignore[arg-type]
+    with _eval_mode(model):
+        for batch in progress(loader, total=total, description="aligner image features"):
+            features = model.image_features(batch["image"].to(model.device))
+            cells.append(features.cells.cpu())
+            grid = features.grid
+    aligned_texts = aligned_text_table(model, texts, batch_size)
+    return FusionFeatureDataset(torch.cat(cells), grid, aligned_texts, list(texts))

@@ -26,6 +26,7 @@ from typing import Any, Literal, Self
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from accelerate.utils import set_seed
 from pydantic import ValidationError, model_validator
 from torch import nn
@@ -51,6 +52,7 @@ from radlens.models.dual_encoder import DualEncoder, DualEncoderConfig, contrast
 from radlens.models.fusion import (
     IGNORE_INDEX,
     FusionConfig,
+    FusionImageFeatures,
     FusionModel,
     aligned_fusion_config,
     itm_loss,
@@ -58,7 +60,13 @@ from radlens.models.fusion import (
     mlm_loss,
 )
 from radlens.models.text_towers import Tokenizer
-from radlens.train.frozen import FrozenFeatureDualEncoder, collate_features
+from radlens.train.frozen import (
+    FrozenFeatureDualEncoder,
+    FusionFeatureDataset,
+    aligned_text_table,
+    collate_features,
+    precompute_fusion_features,
+)
 from radlens.train.loop import TrainConfig, Trainer, TrainResult
 from radlens.train.metric import (
     EmbeddingDataset,
@@ -83,8 +91,9 @@ _SECTIONS = {"dual": "dual_encoder", "fusion": "fusion", "metric": "metric"}
 class RetrievalRunConfig(Config):
     """Everything a ``radlens train retrieval`` run resolved (written to ``config.yaml``).
 
-    Only the section of the chosen ``model`` is set. ``precompute_frozen`` (dual only) trains on frozen
-    features computed once (:mod:`radlens.train.frozen`); it excludes ``augment``. ``mlm_probability``
+    Only the section of the chosen ``model`` is set. ``precompute_frozen`` trains on frozen features
+    computed once (:mod:`radlens.train.frozen`): a dual encoder's frozen stages, or the frozen dual
+    encoder a fusion model fuses on (``base``); it excludes ``augment``. ``mlm_probability``
     is the fusion model's masking rate. ``negatives`` picks the ITM negatives (fusion only). ``base`` is
     the checkpoint a run builds on: the dual encoder a fusion model fuses on (optional), the model
     whose embeddings the metric stage projects (required).
@@ -120,8 +129,13 @@ class RetrievalRunConfig(Config):
             raise ValueError("--base applies to --model fusion (a dual encoder to fuse on) and metric only")
         if self.negatives != "R" and self.model != "fusion":
             raise ValueError("--negatives applies to --model fusion only (ITM negatives)")
-        if self.precompute_frozen and (self.model != "dual" or self.augment):
-            raise ValueError("precompute_frozen needs --model dual and augment: false")
+        if self.precompute_frozen and (self.model == "metric" or self.augment):
+            raise ValueError("precompute_frozen needs --model dual or fusion, and augment: false")
+        if self.precompute_frozen and self.model == "fusion" and not self.base:
+            raise ValueError(
+                "precompute_frozen with --model fusion needs --base DUAL_CKPT (the frozen dual encoder whose "
+                "outputs are computed once); pass --base, or set precompute_frozen: false in --config"
+            )
         return self
 
 
@@ -335,24 +349,30 @@ def validate_dual(model: DualEncoder, dataset: ImageReportDataset, batch_size: i
 
 
 class ITMPairs(Dataset[dict[str, Any] | None]):
-    """Study items with a negative report drawn for each (seeded by ``(seed, epoch, index)``)."""
+    """Study items (``dataset``'s, with an ``index``) with a negative report drawn for each from
+    ``texts`` (the studies' reports, same order), seeded by ``(seed, epoch, index)``."""
 
-    def __init__(self, dataset: ImageReportDataset, sampler: NegativeSampler, seed: int) -> None:
-        self.dataset, self.sampler, self.seed, self.epoch = dataset, sampler, seed, 0
+    def __init__(
+        self, dataset: Dataset[Any], texts: Sequence[str], sampler: NegativeSampler, seed: int
+    ) -> None:
+        self.dataset, self.texts, self.sampler, self.seed, self.epoch = dataset, texts, sampler, seed, 0
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.texts)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        self.dataset.set_epoch(epoch)
+        set_epoch = getattr(self.dataset, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         item = self.dataset[index]
         if item is None:
             return None
         other, fell_back = self.sampler.sample(index, np.random.default_rng([self.seed, self.epoch, index]))
-        item["negative_text"] = _texts(self.dataset, [other])[0]
+        item["negative_index"] = other
+        item["negative_text"] = self.texts[other]
         item["negative_fallback"] = fell_back
         return item
 
@@ -360,7 +380,9 @@ class ITMPairs(Dataset[dict[str, Any] | None]):
 class ITMCollator:
     """Pairs → ITM batch: the first ``ceil(B/2)`` items keep their report (label 1), the rest get their
     negative (label 0), so a batch is exactly balanced; items arrive shuffled, so who gets a negative
-    is random."""
+    is random. Images come as ``pixel_values`` or, from a
+    :class:`~radlens.train.frozen.FusionFeatureDataset`, as ``image_cells``; ``text_index`` is the study
+    whose report each row holds."""
 
     def __init__(self, tokenizer: Tokenizer, max_length: int) -> None:
         self.tokenizer, self.max_length = tokenizer, max_length
@@ -371,11 +393,21 @@ class ITMCollator:
         texts = [item["text"] if row < positives else item["negative_text"] for row, item in enumerate(kept)]
         encoded = self.tokenizer.encode(texts, self.max_length)
         negatives = kept[positives:]
+        if "image" in kept[0]:
+            images = {"pixel_values": torch.stack([item["image"] for item in kept])}
+        else:
+            images = {"image_cells": torch.stack([item["image_cells"] for item in kept])}
         return {
-            "pixel_values": torch.stack([item["image"] for item in kept]),
+            **images,
             "input_ids": encoded["input_ids"],
             "attention_mask": encoded["attention_mask"],
             "itm_labels": (torch.arange(len(kept)) < positives).long(),
+            "text_index": torch.tensor(
+                [
+                    item["index"] if row < positives else item["negative_index"]
+                    for row, item in enumerate(kept)
+                ]
+            ),
             "fallback_rate": torch.tensor(
                 sum(item["negative_fallback"] for item in negatives) / max(1, len(negatives))
             ),
@@ -383,23 +415,46 @@ class ITMCollator:
 
 
 class FusionITM(nn.Module):
-    """``loss(batch)`` = ITM cross-entropy on all pairs + MLM on the matched pairs (masked 80/10/10)."""
+    """``loss(batch)`` = ITM cross-entropy on all pairs + MLM on the matched pairs (masked 80/10/10).
 
-    def __init__(self, model: FusionModel, mlm_probability: float) -> None:
+    The image features are computed once for both passes, and the MLM head scores only the masked
+    positions. With ``precomputed`` (an aligned model's :class:`~radlens.train.frozen.FusionFeatureDataset`)
+    batches carry ``image_cells`` and the aligner's text embeddings are looked up by ``text_index``:
+    a step then runs only the fusion transformer.
+    """
+
+    aligned_texts: torch.Tensor | None
+
+    def __init__(
+        self, model: FusionModel, mlm_probability: float, precomputed: FusionFeatureDataset | None = None
+    ) -> None:
         super().__init__()
         self.model, self.mlm_probability = model, mlm_probability
+        self.grid = precomputed.grid if precomputed is not None else None
+        aligned = precomputed.aligned_texts if precomputed is not None else None
+        self.register_buffer("aligned_texts", aligned, persistent=False)  # moves with the model
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         model, labels = self.model, batch["itm_labels"]
-        ids, mask, pixels = batch["input_ids"], batch["attention_mask"], batch["pixel_values"]
-        out = model(ids, mask, pixels, output_attentions=False, compute_mlm=False)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        if "image_cells" in batch:
+            assert self.grid is not None and self.aligned_texts is not None, "image_cells need precomputed"
+            image = FusionImageFeatures(batch["image_cells"], self.grid)
+            aligned_text = self.aligned_texts[batch["text_index"].to(self.aligned_texts.device)]
+        else:
+            image, aligned_text = model.image_features(batch["pixel_values"]), None
+        out = model.fuse(ids, mask, image, aligned_text, output_attentions=False, compute_mlm=False)
         assert out.itm_logits is not None
         itm = itm_loss(out.itm_logits, labels)
         matched = labels == 1
         masked, targets = mask_tokens(ids[matched], model.tokenizer, self.mlm_probability)
-        mlm_out = model(masked, mask[matched], pixels[matched], output_attentions=False, compute_itm=False)
+        chosen = targets != IGNORE_INDEX
+        mlm_out = model.fuse(
+            masked, mask[matched], image.rows(matched), output_attentions=False, compute_itm=False,
+            mlm_positions=chosen,
+        )  # fmt: skip
         assert mlm_out.mlm_logits is not None
-        mlm = mlm_loss(mlm_out.mlm_logits, targets)
+        mlm = mlm_loss(mlm_out.mlm_logits, targets[chosen])
         accuracy = (out.itm_logits.argmax(dim=-1) == labels).float().mean()
         return {
             "loss": itm + mlm,
@@ -432,17 +487,23 @@ def _train_fusion(
         )
     set_seed(config.train.seed)
     model = FusionModel(model_config)
+    texts = _texts(train_set, range(len(train_set)))
+    precomputed: FusionFeatureDataset | None = None
     if aligner is not None:
         model.load_aligner(aligner)
+        if config.precompute_frozen:
+            batch, workers = config.train.batch_size, config.train.num_workers
+            precomputed = precompute_fusion_features(model, train_set, texts, batch, workers)
+            notes.append(f"trained on the aligner's outputs for {len(precomputed)} studies computed once")
         if not resume:  # a resumed run restores the calibrated scalars from its checkpoint
             positive, negative = _aligned_similarities(
-                model, train_set, sampler, config.train.seed, config.train.batch_size
+                model, train_set, texts, sampler, config.train.seed, config.train.batch_size, precomputed
             )
             model.calibrate_alignment(positive, negative)
     notes.extend(filter(None, [truncation_note(model.tokenizer, train_set, model_config.max_text_length)]))
     trainer = Trainer(
-        FusionITM(model, config.mlm_probability),
-        ITMPairs(train_set, sampler, config.train.seed),
+        FusionITM(model, config.mlm_probability, precomputed),
+        ITMPairs(precomputed if precomputed is not None else train_set, texts, sampler, config.train.seed),
         config.train,
         out,
         collate_fn=ITMCollator(model.tokenizer, model_config.max_text_length),
@@ -459,28 +520,32 @@ CALIBRATION_STUDIES = 512
 
 @torch.no_grad()
 def _aligned_similarities(
-    model: FusionModel, dataset: ImageReportDataset, sampler: NegativeSampler, seed: int, batch_size: int
+    model: FusionModel,
+    dataset: ImageReportDataset,
+    texts: Sequence[str],
+    sampler: NegativeSampler,
+    seed: int,
+    batch_size: int,
+    precomputed: FusionFeatureDataset | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The aligner's cosines of up to :data:`CALIBRATION_STUDIES` training studies with their own
     report and with a negative one (the run's strategy), for :meth:`FusionModel.calibrate_alignment`."""
-    model.eval()
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(dataset), size=min(CALIBRATION_STUDIES, len(dataset)), replace=False))
-    subset = torch.utils.data.Subset(dataset, chosen.tolist())
-    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    positive: list[torch.Tensor] = []
-    negative: list[torch.Tensor] = []
-    for batch in progress(loader, description="calibrating the aligned similarity"):
-        indices = batch["index"].tolist()
-        negatives = [sampler.sample(i, np.random.default_rng([seed, i]))[0] for i in indices]
-        images = model.aligned_image_embeds(batch["image"])
-        for texts, sink in ((list(batch["text"]), positive), (_texts(dataset, negatives), negative)):
-            encoded = model.tokenize(texts)
-            sink.append(
-                (images * model.aligned_text_embeds(encoded["input_ids"], encoded["attention_mask"])).sum(-1)
-            )
-    model.train()
-    return torch.cat(positive), torch.cat(negative)
+    negatives = [sampler.sample(int(i), np.random.default_rng([seed, int(i)]))[0] for i in chosen]
+    if precomputed is not None:
+        image = FusionImageFeatures(precomputed.cells[chosen], precomputed.grid)
+        own, other = precomputed.aligned_texts[chosen], precomputed.aligned_texts[negatives]
+    else:
+        subset = torch.utils.data.Subset(dataset, chosen.tolist())
+        features = precompute_fusion_features(model, subset, [texts[i] for i in chosen], batch_size)
+        image = FusionImageFeatures(features.cells, features.grid)
+        own, other = (
+            features.aligned_texts,
+            aligned_text_table(model, [texts[i] for i in negatives], batch_size),
+        )
+    images = F.normalize(image.pooled(), dim=-1)  # the aligner's image embeddings
+    return (images * own).sum(dim=-1), (images * other).sum(dim=-1)
 
 
 @torch.no_grad()
@@ -506,11 +571,12 @@ def validate_fusion(
         texts = list(batch["text"]) + _texts(dataset, negatives)
         labels = torch.cat([torch.ones(len(indices)), torch.zeros(len(indices))]).long()
         encoded = model.tokenize(texts)
-        pixels = torch.cat([batch["image"], batch["image"]])
-        out = model(
+        image = model.image_features(batch["image"])  # once, for the positive, negative and MLM passes
+        n = len(indices)
+        out = model.fuse(
             encoded["input_ids"],
             encoded["attention_mask"],
-            pixels,
+            image.rows(torch.arange(n).repeat(2)),
             output_attentions=False,
             compute_mlm=False,
         )
@@ -518,16 +584,16 @@ def validate_fusion(
         itm_losses.append(float(itm_loss(out.itm_logits, labels)) * len(labels))
         itm_correct += int((out.itm_logits.argmax(dim=-1) == labels).sum())
         itm_total += len(labels)
-        n = len(indices)
         masked, targets = mask_tokens(encoded["input_ids"][:n], model.tokenizer, mlm_probability, generator)
-        mlm_out = model(
-            masked, encoded["attention_mask"][:n], batch["image"], output_attentions=False, compute_itm=False
-        )
-        assert mlm_out.mlm_logits is not None
         chosen = targets != IGNORE_INDEX
         if chosen.any():
-            mlm_losses.append(float(mlm_loss(mlm_out.mlm_logits, targets)) * int(chosen.sum()))
-            mlm_correct += int((mlm_out.mlm_logits.argmax(dim=-1)[chosen] == targets[chosen]).sum())
+            mlm_out = model.fuse(
+                masked, encoded["attention_mask"][:n], image, output_attentions=False, compute_itm=False,
+                mlm_positions=chosen,
+            )  # fmt: skip
+            assert mlm_out.mlm_logits is not None
+            mlm_losses.append(float(mlm_loss(mlm_out.mlm_logits, targets[chosen])) * int(chosen.sum()))
+            mlm_correct += int((mlm_out.mlm_logits.argmax(dim=-1) == targets[chosen]).sum())
             mlm_total += int(chosen.sum())
     return {
         "studies": len(dataset),
