@@ -12,11 +12,13 @@ from skimage.transform import resize
 
 from radlens.core import InputError
 from radlens.models.image_towers import (
+    CPU_IMAGE_CHUNK,
     EfficientNetLite0Tower,
     ImageTower,
     ImageTowerConfig,
     _SameConv2d,
     build_image_tower,
+    inference_chunk_size,
     load_efficientnet_lite0_state_dict,
 )
 
@@ -167,3 +169,10 @@ def test_config_rejects_pretrained_small_towers_and_round_trips() -> None:
     config = ImageTowerConfig(name="small_vit", width=48, heads=3)
     assert ImageTowerConfig.from_yaml(config.to_yaml()) == config
     assert config.use_pretrained is False and ImageTowerConfig().use_pretrained is True
+
+
+def test_inference_chunks_are_capped_on_a_cpu_only() -> None:
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)  # a device object needs no GPU
+    assert inference_chunk_size(cpu, 64) == CPU_IMAGE_CHUNK < 64
+    assert inference_chunk_size(cpu, 3) == 3
+    assert inference_chunk_size(gpu, 64) == 64

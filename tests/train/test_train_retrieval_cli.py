@@ -68,6 +68,28 @@ def test_dual_run_writes_model_logs_and_config(dual_run: Path) -> None:
     assert read_checkpoint_info(dual_run).extra["step"] == 4
 
 
+def _assert_resume_reproduces_the_run(options: list[str], root: Path, columns: tuple[str, ...]) -> None:
+    """Train 6 steps into ROOT/full; copy its step-3 checkpoint into ROOT/killed (what a run killed after
+    saving step 3 leaves behind) and resume there: the logged ``columns`` and the final weights agree."""
+    full, killed = root / "full", root / "killed"
+    assert _train(*options, "--out", str(full)) == 0
+    killed.mkdir()
+    shutil.copytree(full / "checkpoint-3", killed / "checkpoint-3")
+    assert _train(*options, "--out", str(killed), "--resume") == 0
+    rows = {
+        name: [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        for name, run in (("full", full), ("resumed", killed))
+    }
+    assert len(rows["full"]) == 6
+    for key in columns:
+        np.testing.assert_allclose(
+            [r[key] for r in rows["resumed"]], [r[key] for r in rows["full"]], atol=1e-6, rtol=0
+        )
+    expected, got = load_checkpoint(full).state_dict(), load_checkpoint(killed).state_dict()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, atol=1e-6, rtol=0)
+
+
 def test_resume_of_precomputed_run_matches_uninterrupted(tmp_path: Path, phantom: Path) -> None:
     """The cpu-demo path (frozen features computed once) resumes exactly from a saved checkpoint."""
     frozen = {**TINY_DUAL, "trainable_image_stages": 1, "trainable_text_stages": 1}
@@ -79,23 +101,8 @@ def test_resume_of_precomputed_run_matches_uninterrupted(tmp_path: Path, phantom
             "dual_encoder": frozen,
         },
     )
-    full, killed = tmp_path / "full", tmp_path / "killed"
     options = ["--data", str(phantom), "--config", str(config), "--cache-dir", str(tmp_path / "cache")]
-    assert _train(*options, "--out", str(full)) == 0
-    killed.mkdir()  # what a run killed after saving step 3 leaves behind
-    shutil.copytree(full / "checkpoint-3", killed / "checkpoint-3")
-    assert _train(*options, "--out", str(killed), "--resume") == 0
-    rows = {
-        name: [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        for name, run in (("full", full), ("resumed", killed))
-    }
-    np.testing.assert_allclose(
-        [r["loss"] for r in rows["resumed"]], [r["loss"] for r in rows["full"]], atol=1e-6, rtol=0
-    )
-    assert len(rows["full"]) == 6
-    expected, got = load_checkpoint(full).state_dict(), load_checkpoint(killed).state_dict()
-    for name, tensor in expected.items():
-        torch.testing.assert_close(got[name], tensor, atol=1e-6, rtol=0)
+    _assert_resume_reproduces_the_run(options, tmp_path, ("loss",))
 
 
 def test_fusion_run_with_ni_negatives(tmp_path: Path, phantom: Path) -> None:
@@ -156,25 +163,9 @@ def test_resume_of_precomputed_fusion_run_matches_uninterrupted(
             "fusion": TINY_FUSION,
         },
     )
-    full, killed = tmp_path / "full", tmp_path / "killed"
     options = ["--data", str(phantom), "--model", "fusion", "--base", str(dual_run), "--config", str(config)]
     options += ["--negatives", "NE", "--cache-dir", str(tmp_path / "cache")]
-    assert _train(*options, "--out", str(full)) == 0
-    killed.mkdir()  # what a run killed after saving step 3 leaves behind
-    shutil.copytree(full / "checkpoint-3", killed / "checkpoint-3")
-    assert _train(*options, "--out", str(killed), "--resume") == 0
-    rows = {
-        name: [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        for name, run in (("full", full), ("resumed", killed))
-    }
-    assert len(rows["full"]) == 6
-    for key in ("loss", "itm_loss", "mlm_loss"):
-        np.testing.assert_allclose(
-            [r[key] for r in rows["resumed"]], [r[key] for r in rows["full"]], atol=1e-6
-        )
-    expected, got = load_checkpoint(full).state_dict(), load_checkpoint(killed).state_dict()
-    for name, tensor in expected.items():
-        torch.testing.assert_close(got[name], tensor, atol=1e-6, rtol=0)
+    _assert_resume_reproduces_the_run(options, tmp_path, ("loss", "itm_loss", "mlm_loss"))
 
 
 def test_metric_stage_on_the_dual_run(tmp_path: Path, phantom: Path, dual_run: Path) -> None:

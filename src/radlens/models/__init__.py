@@ -29,6 +29,7 @@ from radlens.models.image_towers import (
     SmallViTTower,
     TowerOutput,
     build_image_tower,
+    inference_chunk_size,
 )
 from radlens.models.text_towers import (
     MiniLMTextTower,
@@ -69,6 +70,7 @@ __all__ = [
     "build_image_tower",
     "build_text_tower",
     "contrastive_loss",
+    "inference_chunk_size",
     "itm_loss",
     "load_checkpoint",
     "load_tokenizer",

@@ -22,7 +22,12 @@ from torch import nn
 
 from radlens.core import Config, InputError
 from radlens.models.checkpoint import register_model
-from radlens.models.image_towers import ImageTowerConfig, ImageTowerName, build_image_tower
+from radlens.models.image_towers import (
+    ImageTowerConfig,
+    ImageTowerName,
+    build_image_tower,
+    inference_chunk_size,
+)
 from radlens.models.text_towers import (
     MAX_POSITIONS,
     TextTowerConfig,
@@ -268,11 +273,13 @@ class DualEncoder(nn.Module):
 
     @torch.no_grad()
     def embed_images(self, pixel_values: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """Embeddings of many images in eval mode, ``batch_size`` at a time (N×E on the CPU)."""
+        """Embeddings of many images in eval mode, ``batch_size`` at a time (at most
+        :data:`~radlens.models.image_towers.CPU_IMAGE_CHUNK` on a CPU), N×E on the CPU."""
+        chunk = inference_chunk_size(self.device, batch_size)
         with _eval_mode(self):
             chunks = [
-                self.encode_image(pixel_values[start : start + batch_size].to(self.device)).cpu()
-                for start in range(0, pixel_values.shape[0], batch_size)
+                self.encode_image(pixel_values[start : start + chunk].to(self.device)).cpu()
+                for start in range(0, pixel_values.shape[0], chunk)
             ]
         return torch.cat(chunks) if chunks else torch.empty(0, self.config.embed_dim)
 

@@ -170,16 +170,6 @@ def _with_text(records: list[StudyRecord], problems: list[Problem]) -> list[Stud
     return kept
 
 
-#: Images per forward pass on a CPU. EfficientNet-Lite0's depthwise convolutions are memory-bound: on the
-#: 2-core development CPU, chunks of 8 images embedded 85 images/s against 38/s in chunks of 64 (the
-#: activations of 8 fit in cache). GPUs keep the requested batch size.
-CPU_IMAGE_CHUNK = 8
-
-
-def _image_chunk(embedder: Embedder, batch_size: int) -> int:
-    return min(batch_size, CPU_IMAGE_CHUNK) if embedder.device.type == "cpu" else batch_size
-
-
 def _embed(
     embedder: Embedder,
     dataset: ImageReportDataset,
@@ -200,7 +190,7 @@ def _embed(
         for batch in progress(loader, total=len(loader), description="embedding studies"):
             if "image" not in batch:  # every item of the batch was unreadable
                 continue
-            images.append(embedder.embed_images(batch["image"], _image_chunk(embedder, batch_size)))
+            images.append(embedder.embed_images(batch["image"], batch_size))
             text_embeds, cut = embedder.embed_texts(batch["text"], batch_size)
             texts.append(text_embeds)
             truncated += int(cut.sum())

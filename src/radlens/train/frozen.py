@@ -31,7 +31,7 @@ from radlens.core import InputError, progress
 from radlens.data.dataset import ImageReportDataset, collate, label_set_codes
 from radlens.models.dual_encoder import DualEncoder
 from radlens.models.fusion import FusionModel
-from radlens.models.image_towers import EfficientNetLite0Tower, SmallCNNTower
+from radlens.models.image_towers import EfficientNetLite0Tower, SmallCNNTower, inference_chunk_size
 from radlens.models.text_towers import mean_pool
 
 
@@ -105,8 +105,10 @@ class FrozenFeatureDualEncoder(nn.Module):
         groups: list[int] = []
         codes: list[int] = []
         total = (len(dataset) + batch_size - 1) // batch_size
+        chunk = inference_chunk_size(self.model.device, batch_size)
         for batch in progress(loader, total=total, description="frozen features"):
-            images.extend(self.frozen_image(batch["image"]).cpu())
+            for pixels in batch["image"].split(chunk):
+                images.extend(self.frozen_image(pixels).cpu())
             encoded = self.model.tokenize(batch["text"])
             states = self.frozen_text(encoded["input_ids"], encoded["attention_mask"]).cpu()
             lengths = encoded["attention_mask"].sum(dim=1).tolist()
@@ -251,10 +253,12 @@ def precompute_fusion_features(
     cells: list[torch.Tensor] = []
     grid = (0, 0)
     total = (len(dataset) + batch_size - 1) // batch_size  # type: ignore[arg-type]
+    chunk = inference_chunk_size(model.device, batch_size)
     with _eval_mode(model):
         for batch in progress(loader, total=total, description="aligner image features"):
-            features = model.image_features(batch["image"].to(model.device))
-            cells.append(features.cells.cpu())
-            grid = features.grid
+            for pixels in batch["image"].split(chunk):
+                features = model.image_features(pixels.to(model.device))
+                cells.append(features.cells.cpu())
+                grid = features.grid
     aligned_texts = aligned_text_table(model, texts, batch_size)
     return FusionFeatureDataset(torch.cat(cells), grid, aligned_texts, list(texts))

@@ -8,7 +8,7 @@ the model section of the chosen ``--model``, and top-level keys the run options 
 - ``paper``: for real data (MIMIC-CXR). lr 2e-5, weight decay 1e-4, 2,500 warm-up steps, batch 20 and
   seed 42 are the published recipe; everything else (towers at 224 px, all stages trained, 50,000 steps,
   augmentation) is radlens's choice — set ``max_steps`` for your data.
-- ``cpu-demo``: trains on RadPhantom within 15 minutes on 2 CPU cores (8,000 studies: 14.7 min; the
+- ``cpu-demo``: trains on RadPhantom within 15 minutes on 2 CPU cores (8,000 studies: 13.3 min; the
   demo's 1,200: about 9). Only the top of the ImageNet EfficientNet-Lite0 (its last 6 stages: the
   blocks at 1/32 of the image and the head) and the last layer of all-MiniLM-L6-v2 are trained, on 160 px
   images whose frozen features are computed once (``precompute_frozen``), with label-aware InfoNCE
