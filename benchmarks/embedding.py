@@ -9,7 +9,9 @@ That ratio says how much of the hardware the model uses; depthwise convolutions 
 cannot reach a large matmul's efficiency, so expect well below 1.
 
 The image tower runs its convolutions in channels-last (NHWC) memory order; the "NCHW" rows run the same
-weights on the same pixels in the default order, the alternative, side by side in the same run.
+weights on the same pixels in the default order, the alternative, side by side in the same run. On a CPU,
+``embed_images`` and training's frozen-feature pass run the tower on chunks of
+``radlens.models.image_towers.CPU_IMAGE_CHUNK`` images; the "one pass" rows run the whole batch at once.
 
     python benchmarks/embedding.py                  # 160 px (cpu-demo) and 224 px, all threads
     python benchmarks/embedding.py --threads 1
@@ -28,10 +30,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from _machine import cpu_model
 from radlens.models.dual_encoder import DualEncoder, DualEncoderConfig
-from radlens.models.image_towers import ImageTower
+from radlens.models.image_towers import ImageTower, inference_chunk_size
 from radlens.phantom.report import write_report
 from radlens.phantom.sampling import sample_studies
 from radlens.phantom.spec import PhantomConfig
+from radlens.train.frozen import FrozenFeatureDualEncoder
+from radlens.train.presets import preset_values
 
 
 def best_seconds(run: Callable[[], object], repeats: int) -> float:
@@ -59,7 +63,7 @@ def counted_flops(run: Callable[[], object]) -> int:
 
 
 def embed_images_nchw(model: DualEncoder, pixels: torch.Tensor) -> torch.Tensor:
-    """``model.embed_images(pixels)`` with the convolutions in the default NCHW order (the alternative)."""
+    """``model.encode_image(pixels)`` with the convolutions in the default NCHW order (the alternative)."""
     tower = model.image_tower
     x = ImageTower.normalize(tower, pixels)  # the base class keeps the contiguous NCHW layout
     for stage in tower.stages():
@@ -89,17 +93,45 @@ def main() -> None:
     print("| what | batch | items/s | GFLOP per item | achieved GFLOP/s | of the matmul peak |")
     print("|---|---:|---:|---:|---:|---:|")
     rows: list[tuple[str, Callable[[], object]]] = []
+    chunk = inference_chunk_size(torch.device("cpu"), batch)
     for size in sizes:
         config = DualEncoderConfig(image_size=size, max_length=128, embed_dim=128)
         model = DualEncoder(config).eval()
         pixels = torch.rand(batch, 3, size, size)
-        rows.append((f"images, EfficientNet-Lite0 at {size} px", lambda m=model, p=pixels: m.embed_images(p)))
         rows.append(
             (
-                f"images at {size} px, NCHW (the alternative)",
+                f"images, EfficientNet-Lite0 at {size} px, chunks of {chunk} (`embed_images` on a CPU)",
+                lambda m=model, p=pixels: m.embed_images(p, batch_size=batch),
+            )
+        )
+        rows.append(
+            (
+                f"images at {size} px, one pass of {batch} (the alternative)",
+                lambda m=model, p=pixels: m.encode_image(p),
+            )
+        )
+        rows.append(
+            (
+                f"images at {size} px, one pass of {batch}, NCHW (the alternative)",
                 lambda m=model, p=pixels: embed_images_nchw(m, p),
             )
         )
+    # cpu-demo training's frozen-feature pass: the frozen bottom stages of the image tower, 160 px
+    demo = DualEncoder(DualEncoderConfig.model_validate(preset_values("cpu-demo", "dual")["dual_encoder"]))
+    frozen = FrozenFeatureDualEncoder(demo)
+    grey = torch.rand(batch, 1, demo.config.image_size, demo.config.image_size)
+    rows.append(
+        (
+            f"cpu-demo frozen image stages at {demo.config.image_size} px, chunks of {chunk} (training)",
+            lambda: [frozen.frozen_image(part) for part in grey.split(chunk)],
+        )
+    )
+    rows.append(
+        (
+            f"cpu-demo frozen image stages, one pass of {batch} (the alternative)",
+            lambda: frozen.frozen_image(grey),
+        )
+    )
     model = DualEncoder(DualEncoderConfig(max_length=128, embed_dim=128)).eval()
     rows.append(("reports, MiniLM (RadPhantom reports, ≤ 128 tokens)", lambda: model.embed_texts(reports)))
     for name, run in rows:
