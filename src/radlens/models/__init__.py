@@ -1,6 +1,7 @@
 """radlens.models: image and text towers, the CLIP-style dual encoder, the ViLT-style fusion model and
 the checkpoint convention (``config.json`` + ``model.safetensors``). See docs/models.md."""
 
+from radlens.models._staged import eval_mode
 from radlens.models.checkpoint import (
     CheckpointInfo,
     load_checkpoint,
@@ -70,6 +71,7 @@ __all__ = [
     "build_image_tower",
     "build_text_tower",
     "contrastive_loss",
+    "eval_mode",
     "inference_chunk_size",
     "itm_loss",
     "load_checkpoint",

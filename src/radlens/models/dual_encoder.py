@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from radlens.core import Config, InputError
+from radlens.models._staged import eval_mode
 from radlens.models.checkpoint import register_model
 from radlens.models.image_towers import (
     ImageTowerConfig,
@@ -276,7 +277,7 @@ class DualEncoder(nn.Module):
         """Embeddings of many images in eval mode, ``batch_size`` at a time (at most
         :data:`~radlens.models.image_towers.CPU_IMAGE_CHUNK` on a CPU), N×E on the CPU."""
         chunk = inference_chunk_size(self.device, batch_size)
-        with _eval_mode(self):
+        with eval_mode(self):
             chunks = [
                 self.encode_image(pixel_values[start : start + chunk].to(self.device)).cpu()
                 for start in range(0, pixel_values.shape[0], chunk)
@@ -298,7 +299,7 @@ class DualEncoder(nn.Module):
     def _embed_tokens(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int
     ) -> torch.Tensor:
-        with _eval_mode(self):
+        with eval_mode(self):
             return torch.cat(
                 [
                     self.encode_text(
@@ -308,24 +309,3 @@ class DualEncoder(nn.Module):
                     for start in range(0, input_ids.shape[0], batch_size)
                 ]
             )
-
-
-class _eval_mode:
-    """Put a module and its children in eval mode for a block, then restore each one's own mode.
-
-    Only the modules in training mode are touched (each flag set directly): ``nn.Module.train`` walks
-    and re-sets all ~600 submodules of the towers, which cost a third of a short query's time.
-    """
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-        self.switched: list[nn.Module] = []
-
-    def __enter__(self) -> None:
-        self.switched = [module for module in self.module.modules() if module.training]
-        for module in self.switched:
-            module.training = False
-
-    def __exit__(self, *exc: object) -> None:
-        for module in self.switched:
-            module.training = True

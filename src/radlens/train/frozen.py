@@ -18,8 +18,7 @@ step runs only the fusion transformer (:class:`~radlens.train.retrieval.FusionIT
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -29,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from radlens.core import InputError, progress
 from radlens.data.dataset import ImageReportDataset, collate, label_set_codes
+from radlens.models import eval_mode
 from radlens.models.dual_encoder import DualEncoder
 from radlens.models.fusion import FusionModel
 from radlens.models.image_towers import EfficientNetLite0Tower, SmallCNNTower, inference_chunk_size
@@ -206,25 +206,14 @@ def supports_fusion_precompute(model: FusionModel) -> bool:
     return model.config.aligner is not None
 
 
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 @torch.no_grad()
 def aligned_text_table(model: FusionModel, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
     """The aligner's unit-norm embeddings of ``texts`` (len(texts)×E, on the CPU)."""
     if model.config.aligner is None:
         raise InputError("this fusion model has no aligner", "train it with --base DUAL_CKPT")
     rows: list[torch.Tensor] = []
-    starts = range(0, len(texts), batch_size)
-    with _eval_mode(model):
-        for start in progress(starts, total=len(starts), description="aligner text embeddings"):
+    with eval_mode(model):
+        for start in progress(range(0, len(texts), batch_size), description="aligner text embeddings"):
             encoded = model.tokenize(texts[start : start + batch_size])
             ids = encoded["input_ids"].to(model.device)
             mask = encoded["attention_mask"].to(model.device)
@@ -252,10 +241,9 @@ def precompute_fusion_features(
     )
     cells: list[torch.Tensor] = []
     grid = (0, 0)
-    total = (len(dataset) + batch_size - 1) // batch_size  # type: ignore[arg-type]
     chunk = inference_chunk_size(model.device, batch_size)
-    with _eval_mode(model):
-        for batch in progress(loader, total=total, description="aligner image features"):
+    with eval_mode(model):
+        for batch in progress(loader, description="aligner image features"):
             for pixels in batch["image"].split(chunk):
                 features = model.image_features(pixels.to(model.device))
                 cells.append(features.cells.cpu())
