@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from train_helpers import TINY_DUAL, TINY_FUSION
 
 from radlens.data.dataset import ImageReportDataset
@@ -28,7 +29,7 @@ from radlens.train.metric import (
     label_precision_at_k,
 )
 from radlens.train.negatives import NegativeSampler
-from radlens.train.retrieval import DualCollator, FusionITM, ITMCollator, ITMPairs
+from radlens.train.retrieval import DualCollator, FusionITM, ITMCollator, ITMPairs, validate_fusion
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +108,40 @@ def test_precomputed_aligner_outputs_give_the_full_fusion_loss(
     for key in ("loss", "itm_loss", "mlm_loss", "itm_accuracy"):
         torch.testing.assert_close(cached[key], full[key], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(cached_grad, full_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_fusion_validation_scores_each_study_against_its_report_and_a_seeded_negative(
+    studies: ImageReportDataset,
+) -> None:
+    """validate_fusion's ITM numbers, recomputed pair by pair with the model's plain forward pass."""
+    torch.manual_seed(0)
+    dual = DualEncoder(DualEncoderConfig.model_validate(TINY_DUAL))
+    model = FusionModel(aligned_fusion_config(FusionConfig.model_validate(TINY_FUSION), dual.config))
+    model.load_aligner(dual)
+    model.train()
+    # Batches of 16 cross the CPU image chunk of 8: chunked image features must not change the scores.
+    result = validate_fusion(model, studies, "NI", seed=5, batch_size=16, mlm_probability=0.15)
+    assert model.training  # the caller's mode is restored
+    sampler = NegativeSampler([item.record.labels for item in studies.items], "NI")
+    texts = [item.record.report_text() for item in studies.items]
+    correct, losses = 0, []
+    model.eval()
+    with torch.no_grad():
+        for i in range(len(studies)):
+            negative = sampler.sample(i, np.random.default_rng([5, 0, i]))[0]
+            encoded = model.tokenize([texts[i], texts[negative]])
+            pixels = studies[i]["image"][None].expand(2, -1, -1, -1)
+            logits = model(
+                encoded["input_ids"], encoded["attention_mask"], pixels, output_attentions=False
+            ).itm_logits
+            assert logits is not None
+            targets = torch.tensor([1, 0])
+            correct += int((logits.argmax(dim=-1) == targets).sum())
+            losses.append(float(F.cross_entropy(logits, targets, reduction="sum")))
+    assert result["studies"] == len(studies) and result["negatives"] == "NI"
+    assert result["itm_accuracy"] == pytest.approx(correct / (2 * len(studies)))
+    assert result["itm_loss"] == pytest.approx(sum(losses) / (2 * len(studies)), rel=1e-4)
+    assert result["mlm_accuracy"] is not None and 0.0 <= result["mlm_accuracy"] <= 1.0
 
 
 def test_itm_batches_are_balanced_and_negatives_follow_the_strategy(studies: ImageReportDataset) -> None:

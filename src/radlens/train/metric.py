@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from radlens.core import Config
 from radlens.data.dataset import ImageReportDataset, collate
+from radlens.models import eval_mode
 from radlens.models.checkpoint import register_model
 from radlens.models.dual_encoder import DualEncoder
 from radlens.models.fusion import FusionModel
@@ -144,28 +145,29 @@ def base_embeddings(
 
     ``dataset`` must give pixels in [0, 1] (mean 0, std 1): the models normalise their own input.
     """
-    model.eval()
+    if not isinstance(model, DualEncoder | FusionModel):
+        raise TypeError(f"no frozen embeddings for {type(model).__name__}")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     images, texts, labels = [], [], []
-    for batch in loader:
-        labels.append(batch["labels"])
-        if isinstance(model, DualEncoder):
-            images.append(model.embed_images(batch["image"], batch_size))
-            texts.append(model.embed_texts(batch["text"], batch_size)[0])
-        elif isinstance(model, FusionModel):
-            images.append(fusion_cls(model, batch["image"], batch["text"]))
-        else:
-            raise TypeError(f"no frozen embeddings for {type(model).__name__}")
+    with eval_mode(model), torch.no_grad():
+        for batch in loader:
+            labels.append(batch["labels"])
+            if isinstance(model, DualEncoder):
+                images.append(model.embed_images(batch["image"], batch_size))
+                texts.append(model.embed_texts(batch["text"], batch_size)[0])
+            else:
+                images.append(fusion_cls(model, batch["image"], batch["text"]))
     return torch.cat(images), (torch.cat(texts) if texts else None), torch.cat(labels)
 
 
 def fusion_cls(model: FusionModel, pixel_values: torch.Tensor, texts: list[str]) -> torch.Tensor:
     """The fusion model's pooled [CLS] (the ITM head's input) for each (image, text) pair."""
     encoded = model.tokenize(texts)
+    device = model.device
     out = model(
-        encoded["input_ids"],
-        encoded["attention_mask"],
-        pixel_values,
+        encoded["input_ids"].to(device),
+        encoded["attention_mask"].to(device),
+        pixel_values.to(device),
         output_attentions=False,
         compute_mlm=False,
     )

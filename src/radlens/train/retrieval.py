@@ -47,6 +47,7 @@ from radlens.data.readers import DatasetFormat, read_dataset
 from radlens.data.schema import Problem, StudyRecord
 from radlens.data.transforms import ResizePolicy, train_augmentation
 from radlens.metrics.retrieval import retrieval_report
+from radlens.models import eval_mode
 from radlens.models.checkpoint import load_checkpoint, model_fingerprint, read_checkpoint_info
 from radlens.models.dual_encoder import DualEncoder, DualEncoderConfig, contrastive_loss
 from radlens.models.fusion import (
@@ -59,6 +60,7 @@ from radlens.models.fusion import (
     mask_tokens,
     mlm_loss,
 )
+from radlens.models.image_towers import inference_chunk_size
 from radlens.models.text_towers import Tokenizer
 from radlens.train.frozen import (
     FrozenFeatureDualEncoder,
@@ -558,43 +560,54 @@ def validate_fusion(
     mlm_probability: float,
 ) -> dict[str, Any]:
     """ITM accuracy/loss on every study paired with its report and with a negative (balanced), and MLM
-    accuracy/loss on the matched pairs (fixed masking seed)."""
-    model.eval()
+    accuracy/loss on the matched pairs (fixed masking seed).
+
+    Runs on the model's device, in eval mode (restored afterwards); the image tower sees the pixels in
+    chunks (:func:`~radlens.models.image_towers.inference_chunk_size`), as every inference pass does."""
     sampler = NegativeSampler([item.record.labels for item in dataset.items], strategy)
     generator = torch.Generator().manual_seed(seed)
     itm_correct = itm_total = mlm_correct = mlm_total = 0
     itm_losses, mlm_losses = [], []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    for batch in progress(loader, description=f"validating the fusion model ({strategy} negatives)"):
-        indices = batch["index"].tolist()
-        negatives = [sampler.sample(i, np.random.default_rng([seed, 0, i]))[0] for i in indices]
-        texts = list(batch["text"]) + _texts(dataset, negatives)
-        labels = torch.cat([torch.ones(len(indices)), torch.zeros(len(indices))]).long()
-        encoded = model.tokenize(texts)
-        image = model.image_features(batch["image"])  # once, for the positive, negative and MLM passes
-        n = len(indices)
-        out = model.fuse(
-            encoded["input_ids"],
-            encoded["attention_mask"],
-            image.rows(torch.arange(n).repeat(2)),
-            output_attentions=False,
-            compute_mlm=False,
-        )
-        assert out.itm_logits is not None
-        itm_losses.append(float(itm_loss(out.itm_logits, labels)) * len(labels))
-        itm_correct += int((out.itm_logits.argmax(dim=-1) == labels).sum())
-        itm_total += len(labels)
-        masked, targets = mask_tokens(encoded["input_ids"][:n], model.tokenizer, mlm_probability, generator)
-        chosen = targets != IGNORE_INDEX
-        if chosen.any():
-            mlm_out = model.fuse(
-                masked, encoded["attention_mask"][:n], image, output_attentions=False, compute_itm=False,
-                mlm_positions=chosen,
-            )  # fmt: skip
-            assert mlm_out.mlm_logits is not None
-            mlm_losses.append(float(mlm_loss(mlm_out.mlm_logits, targets[chosen])) * int(chosen.sum()))
-            mlm_correct += int((mlm_out.mlm_logits.argmax(dim=-1) == targets[chosen]).sum())
-            mlm_total += int(chosen.sum())
+    device = model.device
+    chunk = inference_chunk_size(device, batch_size)
+    with eval_mode(model):
+        for batch in progress(loader, description=f"validating the fusion model ({strategy} negatives)"):
+            indices = batch["index"].tolist()
+            negatives = [sampler.sample(i, np.random.default_rng([seed, 0, i]))[0] for i in indices]
+            texts = list(batch["text"]) + _texts(dataset, negatives)
+            labels = torch.cat([torch.ones(len(indices)), torch.zeros(len(indices))]).long().to(device)
+            encoded = model.tokenize(texts)
+            ids, attention = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+            # The image pass runs once, for the positive, negative and MLM passes.
+            parts = [model.image_features(pixels.to(device)) for pixels in batch["image"].split(chunk)]
+            image = FusionImageFeatures(torch.cat([part.cells for part in parts]), parts[0].grid)
+            n = len(indices)
+            out = model.fuse(
+                ids,
+                attention,
+                image.rows(torch.arange(n).repeat(2)),
+                output_attentions=False,
+                compute_mlm=False,
+            )
+            assert out.itm_logits is not None
+            itm_losses.append(float(itm_loss(out.itm_logits, labels)) * len(labels))
+            itm_correct += int((out.itm_logits.argmax(dim=-1) == labels).sum())
+            itm_total += len(labels)
+            masked, targets = mask_tokens(
+                encoded["input_ids"][:n], model.tokenizer, mlm_probability, generator
+            )
+            chosen = targets != IGNORE_INDEX
+            if chosen.any():
+                mlm_out = model.fuse(
+                    masked.to(device), attention[:n], image, output_attentions=False, compute_itm=False,
+                    mlm_positions=chosen.to(device),
+                )  # fmt: skip
+                assert mlm_out.mlm_logits is not None
+                chosen_targets = targets[chosen].to(device)
+                mlm_losses.append(float(mlm_loss(mlm_out.mlm_logits, chosen_targets)) * int(chosen.sum()))
+                mlm_correct += int((mlm_out.mlm_logits.argmax(dim=-1) == chosen_targets).sum())
+                mlm_total += int(chosen.sum())
     return {
         "studies": len(dataset),
         "itm_accuracy": itm_correct / itm_total,
