@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from radlens.explain import ScoreTarget, TokenLayout, explain
-from radlens.explain._zennit_compat import import_zennit
+from radlens.explain import ScoreTarget, TokenLayout, explain, import_zennit
 from radlens.models.vgg import VGGClassifier, VGGConfig
 
 CLASS = 3

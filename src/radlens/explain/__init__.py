@@ -7,8 +7,10 @@ One call for every method::
     e.heatmap, e.diagnostics["conservation_error"]
 
 Any model plugs in with a target that reads its output (:mod:`radlens.explain.targets`).
+``import_zennit()`` gives the zennit package without torchvision, for your own LRP composites.
 """
 
+from radlens.explain._zennit_compat import import_zennit
 from radlens.explain.api import METHODS, Explanation, Method, explain
 from radlens.explain.methods._common import TokenLayout
 from radlens.explain.render import merge_word_pieces, save_heatmap_png, save_tokens_html, tokens_html
@@ -25,6 +27,7 @@ __all__ = [
     "Target",
     "TokenLayout",
     "explain",
+    "import_zennit",
     "merge_word_pieces",
     "save_heatmap_png",
     "save_tokens_html",
