@@ -7,18 +7,13 @@ from typing import Any
 
 import yaml
 
-TINY_DUAL: dict[str, Any] = {
-    "image_tower": "small_cnn",
-    "text_tower": "small_bert",
-    "pretrained": False,
-    "embed_dim": 16,
+from tiny_models import TINY_DUAL_VALUES
+
+#: The tiny dual encoder as ``--config`` values; the stages are set explicitly (None: train all) so the
+#: cpu-demo preset's freezing does not apply.
+TINY_DUAL: dict[str, Any] = TINY_DUAL_VALUES | {
     "image_size": 32,
-    "in_channels": 1,
-    "image_width": 32,
-    "image_depth": 2,
-    "text_hidden_size": 32,
     "text_layers": 2,
-    "text_heads": 2,
     "max_length": 48,
     "trainable_image_stages": None,
     "trainable_text_stages": None,
