@@ -131,7 +131,26 @@ class _Item:
     image: ImageRecord
 
 
-class ImageReportDataset(Dataset[dict[str, Any] | None]):
+class _BatchedItems(Dataset[dict[str, Any] | None]):
+    """Items built by ``_item(index, out)``; a DataLoader batch decodes its images into one tensor."""
+
+    loader: _ImageLoader
+
+    def _item(self, index: int, out: torch.Tensor | None = None) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        return self._item(index)
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any] | None]:
+        """A batch of items whose images share one tensor (used by DataLoader; see :func:`collate`)."""
+        buffer = self.loader.batch_buffer(len(indices))
+        return [
+            self._item(index, None if buffer is None else buffer[row]) for row, index in enumerate(indices)
+        ]
+
+
+class ImageReportDataset(_BatchedItems):
     """Items ``{"image", "text", "labels", "study_id", "image_id", "index"}`` for image–report models.
 
     ``image`` is a float ``(channels, h, w)`` tensor normalised with ``mean``/``std`` (default: ImageNet
@@ -179,16 +198,6 @@ class ImageReportDataset(Dataset[dict[str, Any] | None]):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
-        return self._item(index)
-
-    def __getitems__(self, indices: list[int]) -> list[dict[str, Any] | None]:
-        """A batch of items whose images share one tensor (used by DataLoader; see :func:`collate`)."""
-        buffer = self.loader.batch_buffer(len(indices))
-        return [
-            self._item(index, None if buffer is None else buffer[row]) for row, index in enumerate(indices)
-        ]
-
     def _item(self, index: int, out: torch.Tensor | None = None) -> dict[str, Any] | None:
         item = self.items[index]
         image = self.loader.load(item.image.path, index, out)
@@ -214,7 +223,7 @@ class ImageReportDataset(Dataset[dict[str, Any] | None]):
         self.loader.epoch = epoch
 
 
-class ImageDataset(Dataset[dict[str, Any] | None]):
+class ImageDataset(_BatchedItems):
     """Items ``{"image", "path", "index"}``, one per image path; same options as :class:`ImageReportDataset`.
 
     Defaults to 1 channel normalised to ``[-1, 1]`` (mean 0.5, std 0.5), as generative models expect.
@@ -257,16 +266,6 @@ class ImageDataset(Dataset[dict[str, Any] | None]):
 
     def __len__(self) -> int:
         return len(self.image_paths)
-
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
-        return self._item(index)
-
-    def __getitems__(self, indices: list[int]) -> list[dict[str, Any] | None]:
-        """A batch of items whose images share one tensor (used by DataLoader; see :func:`collate`)."""
-        buffer = self.loader.batch_buffer(len(indices))
-        return [
-            self._item(index, None if buffer is None else buffer[row]) for row, index in enumerate(indices)
-        ]
 
     def _item(self, index: int, out: torch.Tensor | None = None) -> dict[str, Any] | None:
         path = self.image_paths[index]
