@@ -117,6 +117,20 @@ def test_cnn_image_source_and_tied_decoder() -> None:
     assert model.mlm_score.decoder.weight is word_embeddings
 
 
+def test_embedding_image_features_in_chunks_matches_one_eval_pass_and_restores_the_mode() -> None:
+    torch.manual_seed(0)
+    model = _tiny(image_source="small_cnn", cnn_width=32, cnn_depth=2, patch_size=8, in_channels=1)
+    pixels = torch.rand(11, 1, 64, 64)  # more than the CPU chunk of 8: two chunks
+    model.train()
+    chunked = model.embed_image_features(pixels, batch_size=16)
+    assert model.training and all(module.training for module in model.modules())
+    model.eval()
+    with torch.no_grad():
+        whole = model.image_features(pixels)
+    assert chunked.grid == whole.grid == (8, 8)
+    torch.testing.assert_close(chunked.cells, whole.cells, rtol=1e-5, atol=1e-6)
+
+
 def test_position_embeddings_are_interpolated_for_other_grids() -> None:
     model = _tiny().eval()
     encoded = model.tokenize(TEXTS[:1])

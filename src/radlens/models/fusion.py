@@ -36,9 +36,15 @@ from transformers import ViltConfig, ViltForMaskedLM, ViltModel
 from transformers.models.vilt.modeling_vilt import ViltMLMHead
 
 from radlens.core import Config, InputError
+from radlens.models._staged import eval_mode
 from radlens.models.checkpoint import register_model
 from radlens.models.dual_encoder import DualEncoder, DualEncoderConfig
-from radlens.models.image_towers import ImageTowerConfig, build_image_tower, interpolate_grid_embeddings
+from radlens.models.image_towers import (
+    ImageTowerConfig,
+    build_image_tower,
+    inference_chunk_size,
+    interpolate_grid_embeddings,
+)
 from radlens.models.text_towers import (
     MAX_POSITIONS,
     TextTower,
@@ -399,6 +405,15 @@ class FusionModel(nn.Module):
         if self.config.aligner is not None:
             cells = self.aligner_image_projection(cells)
         return FusionImageFeatures(cells, tower_out.grid)
+
+    @torch.no_grad()
+    def embed_image_features(self, pixel_values: torch.Tensor, batch_size: int = 32) -> FusionImageFeatures:
+        """:meth:`image_features` of many images in eval mode, ``batch_size`` at a time (at most
+        :data:`~radlens.models.image_towers.CPU_IMAGE_CHUNK` on a CPU), on the model's device."""
+        chunk = inference_chunk_size(self.device, batch_size)
+        with eval_mode(self):
+            parts = [self.image_features(pixels.to(self.device)) for pixels in pixel_values.split(chunk)]
+        return FusionImageFeatures(torch.cat([part.cells for part in parts]), parts[0].grid)
 
     def embed_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Image tokens ``[IMG] patch_1 … patch_N`` with position embeddings (B×(1+N)×D) and the grid."""

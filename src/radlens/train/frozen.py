@@ -241,12 +241,9 @@ def precompute_fusion_features(
     )
     cells: list[torch.Tensor] = []
     grid = (0, 0)
-    chunk = inference_chunk_size(model.device, batch_size)
-    with eval_mode(model):
-        for batch in progress(loader, description="aligner image features"):
-            for pixels in batch["image"].split(chunk):
-                features = model.image_features(pixels.to(model.device))
-                cells.append(features.cells.cpu())
-                grid = features.grid
+    for batch in progress(loader, description="aligner image features"):
+        features = model.embed_image_features(batch["image"], batch_size)
+        cells.append(features.cells.cpu())
+        grid = features.grid
     aligned_texts = aligned_text_table(model, texts, batch_size)
     return FusionFeatureDataset(torch.cat(cells), grid, aligned_texts, list(texts))

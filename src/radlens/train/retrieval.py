@@ -60,7 +60,6 @@ from radlens.models.fusion import (
     mask_tokens,
     mlm_loss,
 )
-from radlens.models.image_towers import inference_chunk_size
 from radlens.models.text_towers import Tokenizer
 from radlens.train.frozen import (
     FrozenFeatureDualEncoder,
@@ -562,15 +561,14 @@ def validate_fusion(
     """ITM accuracy/loss on every study paired with its report and with a negative (balanced), and MLM
     accuracy/loss on the matched pairs (fixed masking seed).
 
-    Runs on the model's device, in eval mode (restored afterwards); the image tower sees the pixels in
-    chunks (:func:`~radlens.models.image_towers.inference_chunk_size`), as every inference pass does."""
+    Runs on the model's device, in eval mode (restored afterwards); the image side is computed once per
+    batch with :meth:`FusionModel.embed_image_features` (in chunks on a CPU)."""
     sampler = NegativeSampler([item.record.labels for item in dataset.items], strategy)
     generator = torch.Generator().manual_seed(seed)
     itm_correct = itm_total = mlm_correct = mlm_total = 0
     itm_losses, mlm_losses = [], []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     device = model.device
-    chunk = inference_chunk_size(device, batch_size)
     with eval_mode(model):
         for batch in progress(loader, description=f"validating the fusion model ({strategy} negatives)"):
             indices = batch["index"].tolist()
@@ -580,8 +578,7 @@ def validate_fusion(
             encoded = model.tokenize(texts)
             ids, attention = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
             # The image pass runs once, for the positive, negative and MLM passes.
-            parts = [model.image_features(pixels.to(device)) for pixels in batch["image"].split(chunk)]
-            image = FusionImageFeatures(torch.cat([part.cells for part in parts]), parts[0].grid)
+            image = model.embed_image_features(batch["image"], batch_size)
             n = len(indices)
             out = model.fuse(
                 ids,
