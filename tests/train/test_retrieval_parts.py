@@ -26,6 +26,7 @@ from radlens.train.metric import (
     MetricProjection,
     MetricProjectionConfig,
     MetricStageConfig,
+    base_embeddings,
     label_precision_at_k,
 )
 from radlens.train.negatives import NegativeSampler
@@ -196,3 +197,38 @@ def test_metric_stage_learns_the_label_structure(tmp_path: Path) -> None:
     assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10])
     assert after > before + 0.3 and after > 0.8, (before, after)
     assert label_precision_at_k(test_x, test_y, 5) < 0.65  # the raw space is really noisy
+
+
+def test_base_embeddings_are_each_studys_own_eval_mode_embeddings(studies: ImageReportDataset) -> None:
+    """The metric stage's inputs: a dual encoder's image and text embeddings, or a fusion model's pooled
+    [CLS] of each study's own pair, each recomputed study by study in eval mode, with the caller's mode
+    restored (batch 4 over 13+ studies crosses batch boundaries and a partial last batch)."""
+    torch.manual_seed(0)
+    dual = DualEncoder(DualEncoderConfig.model_validate(TINY_DUAL)).train()
+    images, texts, labels = base_embeddings(dual, studies, batch_size=4)
+    assert dual.training and all(module.training for module in dual.modules())
+    assert texts is not None and len(images) == len(texts) == len(labels) == len(studies)
+    dual.eval()
+    for i in (0, 5, len(studies) - 1):
+        item = studies[i]
+        encoded = dual.tokenize([item["text"]])
+        with torch.no_grad():
+            image = dual.encode_image(item["image"][None])[0]
+            text = dual.encode_text(encoded["input_ids"], encoded["attention_mask"])[0]
+        torch.testing.assert_close(images[i], image, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(texts[i], text, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(labels[i], item["labels"], equal_nan=True)
+
+    fusion = FusionModel(FusionConfig.model_validate(TINY_FUSION)).train()
+    cls, no_texts, _ = base_embeddings(fusion, studies, batch_size=4)
+    assert no_texts is None and cls.shape == (len(studies), TINY_FUSION["hidden_size"])
+    assert fusion.training and all(module.training for module in fusion.modules())
+    fusion.eval()
+    for i in (1, len(studies) - 1):
+        item = studies[i]
+        encoded = fusion.tokenize([item["text"]])
+        with torch.no_grad():
+            out = fusion(encoded["input_ids"], encoded["attention_mask"], item["image"][None])
+            expected = fusion.vilt.pooler(out.last_hidden_state)[0]
+        torch.testing.assert_close(cls[i], expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(cls[0], cls[1])  # different pairs, different [CLS]
