@@ -42,11 +42,7 @@ def main() -> None:
     rows = np.arange(len(index))
     if args.pool is not None:  # the same seeded pool as radlens eval retrieval
         rows = np.sort(np.random.default_rng(args.seed).choice(rows, size=args.pool, replace=False))
-    labels = np.array(
-        [[np.nan if index.rows[r]["labels"].get(n) is None else index.rows[r]["labels"][n] for n in CHEXPERT_LABELS]
-         for r in rows],
-        dtype=np.float64,
-    )  # fmt: skip
+    labels = index.labels[rows]
     positive = labels == 1
     bits = 1 << np.arange(len(CHEXPERT_LABELS))
     label_set = positive @ bits

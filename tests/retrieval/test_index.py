@@ -141,6 +141,17 @@ def test_save_load_round_trip(tmp_path: Path, clustered: tuple, kind: str) -> No
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_stored_vectors_are_the_vectors_built_from(clustered: tuple, kind: str) -> None:
+    base = clustered[0][:500]
+    index = VectorIndex.build(base, kind, nlist=8)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(index.vectors(), base)
+    rows = np.array([499, 3, 3, 120])
+    np.testing.assert_array_equal(index.vectors(rows), base[rows])
+    np.testing.assert_array_equal(index.vectors([7]), base[[7]])
+    assert index.vectors([]).shape == (0, DIM)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
 def test_filtered_search_is_exact_top_k_of_the_allowed_rows(clustered: tuple, kind: str) -> None:
     base, queries = clustered
     index = VectorIndex.build(base, kind)  # type: ignore[arg-type]
@@ -225,6 +236,18 @@ def test_create_writes_the_documented_folder(built: Path, vectors: tuple) -> Non
     first = json.loads(lines[0])
     assert len(lines) == 60 and first["image_path"] == "files/img0.jpg"  # Path stored as text
     assert list(first["labels"]) == list(CHEXPERT_LABELS) and first["labels"]["Edema"] == 1.0
+
+
+def test_labels_matrix_follows_the_metadata_rows(built: Path) -> None:
+    index = RetrievalIndex.open(built)
+    labels = index.labels
+    assert labels.shape == (60, len(CHEXPERT_LABELS)) and labels.dtype == np.float64
+    edema, no_finding = CHEXPERT_LABELS.index("Edema"), CHEXPERT_LABELS.index("No Finding")
+    np.testing.assert_array_equal(labels[:, edema], [1.0 if i % 2 == 0 else 0.0 for i in range(60)])
+    assert np.isnan(labels[0, no_finding]) and labels[1, no_finding] == 1.0  # blank is NaN
+    assert np.isnan(labels[:, CHEXPERT_LABELS.index("Fracture")]).all()
+    with pytest.raises(ValueError):
+        labels[0, edema] = 0.0  # read-only: search filters use the same matrix
 
 
 def test_create_accepts_label_arrays_and_numpy_values(tmp_path: Path, vectors: tuple) -> None:

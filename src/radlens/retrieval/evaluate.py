@@ -22,25 +22,23 @@ Outputs: ``results.json`` (top-level keys exactly ``image_to_text`` and ``text_t
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-import faiss
 import numpy as np
 import yaml
 from pydantic import Field
 
 from radlens.core import Config, InputError, atomic_write_text, write_run_metadata
 from radlens.data.dataset import ImageReportDataset
-from radlens.data.schema import CHEXPERT_LABELS, ImageRecord, StudyRecord
+from radlens.data.schema import ImageRecord, StudyRecord
 from radlens.data.transforms import ResizePolicy
 from radlens.metrics.retrieval import retrieval_report
 from radlens.retrieval._embedder import load_embedder
-from radlens.retrieval.index import RetrievalIndex, VectorIndex
+from radlens.retrieval.index import RetrievalIndex
 from radlens.train.negatives import STRATEGIES, NegativeSampler, Strategy
 
 
@@ -119,9 +117,9 @@ def evaluate_retrieval(
         rows = np.sort(np.random.default_rng(seed).choice(rows, size=pool, replace=False))
     if len(rows) < 2:
         raise InputError(f"split {split!r} holds {len(rows)} study; retrieval needs at least 2")
-    images = _stored_vectors(index.images, rows)
-    texts = _stored_vectors(index.texts, rows)
-    labels = _label_matrix([index.rows[row] for row in rows])
+    images = index.images.vectors(rows)
+    texts = index.texts.vectors(rows)
+    labels = index.labels[rows]
     report = retrieval_report(images, texts, labels)
     for folder in fusion:  # check every fusion checkpoint before the long part
         checkpoint_strategy(folder)
@@ -156,25 +154,6 @@ def _split_rows(index: RetrievalIndex, split: str | None, purpose: str) -> np.nd
             "build the index with that split, or choose another split",
         )
     return rows
-
-
-def _stored_vectors(vectors: VectorIndex, rows: np.ndarray) -> np.ndarray:
-    """The embeddings stored in a FAISS index for ``rows`` (an IVF index needs its direct map)."""
-    raw: Any = vectors.index
-    if vectors.kind == "ivf":
-        faiss.extract_index_ivf(raw).make_direct_map()
-    return np.asarray(raw.reconstruct_batch(np.ascontiguousarray(rows, dtype=np.int64)), dtype=np.float32)
-
-
-def _label_matrix(rows: Sequence[dict[str, Any]]) -> np.ndarray:
-    """(n, 14) CheXpert labels of metadata rows, NaN where blank."""
-    return np.array(
-        [
-            [math.nan if row["labels"].get(name) is None else row["labels"][name] for name in CHEXPERT_LABELS]
-            for row in rows
-        ],
-        dtype=np.float64,
-    ).reshape(len(rows), len(CHEXPERT_LABELS))
 
 
 # --- fusion models ----------------------------------------------------------------------------------------

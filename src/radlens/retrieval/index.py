@@ -219,16 +219,23 @@ class VectorIndex:
         short = (ids < 0).any(axis=1)
         if short.any() and self.kind != "flat":
             rows = allowed if allowed is not None else np.arange(self.count)
-            scores[short], ids[short] = _exact_top(data[short], self._reconstruct(rows), rows, width)
+            scores[short], ids[short] = _exact_top(data[short], self.vectors(rows), rows, width)
         scores[ids < 0] = -np.inf
         return scores, ids
 
-    def _reconstruct(self, ids: np.ndarray) -> np.ndarray:
-        """The stored vectors of rows ``ids`` (IVF needs a direct map, built on first use)."""
+    def vectors(self, rows: np.ndarray | Sequence[int] | None = None) -> np.ndarray:
+        """The stored vectors (float32, one row each) of row numbers ``rows``, or of all rows for ``None``.
+
+        Exact for flat and HNSW indexes; an IVF index stores its vectors whole too (IVF-Flat) and builds
+        the direct map it needs for this on first use.
+        """
+        ids = np.arange(self.count) if rows is None else np.asarray(rows)
         if self.kind == "ivf" and not getattr(self, "_direct_map", False):
             faiss.extract_index_ivf(self.index).make_direct_map()
             self._direct_map = True
-        return np.asarray(self.index.reconstruct_batch(ids), dtype=np.float32)
+        return np.asarray(
+            self.index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64)), dtype=np.float32
+        ).reshape(len(ids), self.dim)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the index to the file ``path`` (via a temporary sibling and an atomic rename)."""
@@ -393,7 +400,7 @@ class RetrievalIndex:
         self.images = images
         self.texts = texts
         self.rows = rows
-        self._labels = np.array(
+        self._labels: np.ndarray = np.array(
             [
                 [
                     np.nan if row["labels"].get(name) is None else row["labels"][name]
@@ -408,6 +415,14 @@ class RetrievalIndex:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The CheXpert labels of every row: float64 (rows × 14, in :data:`CHEXPERT_LABELS` order), 1 / 0 /
+        -1 with NaN where blank. A read-only view; index it with row numbers."""
+        view = self._labels.view()
+        view.flags.writeable = False
+        return view
 
     @property
     def fingerprint(self) -> str:
