@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from torch import nn
 import radlens
 import radlens.models.checkpoint as checkpoint
 from radlens.core import Config, InputError
+from radlens.models import CheXpertClassifier, ClassifierConfig
 from radlens.models.checkpoint import (
     load_checkpoint,
     model_fingerprint,
@@ -212,3 +215,33 @@ def test_registry_rejects_unregistered_models_and_missing_config_class(tmp_path:
     assert isinstance(loaded, _Tiny) and torch.equal(loaded.layer.weight, tiny.layer.weight)
     with pytest.raises(ValueError, match="already registered"):
         register_model("test_tiny")(DualEncoder)
+
+
+def test_a_classifier_checkpoint_loads_through_radlens_models_alone(tmp_path: Path) -> None:
+    """A fresh interpreter that imports only ``radlens.models`` loads a CheXpert classifier checkpoint
+    (as `radlens train classifier` writes it) and gets the saved model's outputs back."""
+    config = ClassifierConfig(arch="vgg", image_size=16, vgg_widths=(4, 8), vgg_convs_per_stage=1)
+    torch.manual_seed(0)
+    model = CheXpertClassifier(config).eval()
+    save_checkpoint(model, tmp_path / "classifier")
+    pixels = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    torch.save(pixels, tmp_path / "pixels.pt")
+    with torch.no_grad():
+        torch.save(model(pixels), tmp_path / "expected.pt")
+    script = (
+        "import sys, torch\n"
+        "from radlens.models import load_checkpoint\n"
+        "model = load_checkpoint(sys.argv[1]).eval()\n"
+        "with torch.no_grad():\n"
+        "    out = model(torch.load(sys.argv[2]))\n"
+        "torch.testing.assert_close(out, torch.load(sys.argv[3]))\n"
+        "print(type(model).__name__)\n"
+    )
+    folder, pixels_file, expected_file = (
+        str(tmp_path / name) for name in ("classifier", "pixels.pt", "expected.pt")
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, folder, pixels_file, expected_file], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "CheXpertClassifier"

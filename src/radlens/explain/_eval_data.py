@@ -169,8 +169,7 @@ class Subject:
 
 def load_subject_model(path: Path) -> tuple[nn.Module, str, int]:
     """Load a checkpoint (classifier, dual encoder or fusion model): (model in eval mode, type, image size)."""
-    import radlens.models.classifier  # noqa: F401  (registers the classifier type)
-    from radlens.models.checkpoint import load_checkpoint, read_checkpoint_info
+    from radlens.models import load_checkpoint, read_checkpoint_info
 
     info = read_checkpoint_info(path)
     model = load_checkpoint(path).eval()

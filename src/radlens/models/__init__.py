@@ -11,6 +11,7 @@ from radlens.models.checkpoint import (
     registered_model_types,
     save_checkpoint,
 )
+from radlens.models.classifier import CheXpertClassifier, ClassifierConfig, masked_bce
 from radlens.models.dual_encoder import DualEncoder, DualEncoderConfig, DualEncoderOutput, contrastive_loss
 from radlens.models.fusion import (
     FusionConfig,
@@ -45,7 +46,9 @@ from radlens.models.text_towers import (
 from radlens.models.vgg import VGGClassifier, VGGConfig
 
 __all__ = [
+    "CheXpertClassifier",
     "CheckpointInfo",
+    "ClassifierConfig",
     "DualEncoder",
     "DualEncoderConfig",
     "DualEncoderOutput",
@@ -77,6 +80,7 @@ __all__ = [
     "load_checkpoint",
     "load_tokenizer",
     "mask_tokens",
+    "masked_bce",
     "mlm_loss",
     "model_fingerprint",
     "read_checkpoint_info",
