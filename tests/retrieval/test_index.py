@@ -152,6 +152,8 @@ def test_stored_vectors_are_the_vectors_built_from(clustered: tuple, kind: str) 
     np.testing.assert_array_equal(index.vectors(rows), base[rows])
     np.testing.assert_array_equal(index.vectors([7]), base[[7]])
     assert index.vectors([]).shape == (0, DIM)
+    with pytest.raises(IndexError, match=r"\[0, 500\)"):
+        index.vectors([0, 500])
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])

@@ -229,7 +229,9 @@ class VectorIndex:
         Exact for flat and HNSW indexes; an IVF index stores its vectors whole too (IVF-Flat) and builds
         the direct map it needs for this on first use.
         """
-        ids = np.arange(self.count) if rows is None else np.asarray(rows)
+        ids = np.arange(self.count) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.count):
+            raise IndexError(f"row numbers must lie in [0, {self.count}); got {ids.min()}..{ids.max()}")
         if self.kind == "ivf" and not getattr(self, "_direct_map", False):
             faiss.extract_index_ivf(self.index).make_direct_map()
             self._direct_map = True
