@@ -8,12 +8,13 @@ the model section of the chosen ``--model``, and top-level keys the run options 
 - ``paper``: for real data (MIMIC-CXR). lr 2e-5, weight decay 1e-4, 2,500 warm-up steps, batch 20 and
   seed 42 are the published recipe; everything else (towers at 224 px, all stages trained, 50,000 steps,
   augmentation) is radlens's choice — set ``max_steps`` for your data.
-- ``cpu-demo``: trains on RadPhantom within 15 minutes on 2 CPU cores (8,000 studies: 13.3 min; the
-  demo's 1,200: about 9). Only the top of the ImageNet EfficientNet-Lite0 (its last 6 stages: the
+- ``cpu-demo``: trains on RadPhantom within 15 minutes on 2 CPU cores (8,000 studies: 13.3–14.4 min; the
+  demo's 1,200: about 9.5). Only the top of the ImageNet EfficientNet-Lite0 (its last 6 stages: the
   blocks at 1/32 of the image and the head) and the last layer of all-MiniLM-L6-v2 are trained, on 160 px
   images whose frozen features are computed once (``precompute_frozen``), with label-aware InfoNCE
-  targets (``label_set_weight`` 0.5). Training 6 image stages rather than 1 lifted held-out recall@10
-  from 0.44 to 0.53 on 8,000 studies (docs/retrieval.md).
+  targets (``label_set_weight`` 0.5), at lr 1e-3. Training 6 image stages rather than 1 lifted held-out
+  recall@10 from 0.44 to 0.53 on 8,000 studies, and lr 1e-3 rather than 3e-4 to 0.54 / 0.56 (0.43 from
+  0.27 on the demo's 1,200) (docs/retrieval.md).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "cpu-demo": {
         "dual": {
             "train": {
-                "lr": 3e-4,
+                "lr": 1e-3,  # 3e-4 under-trained the image top: lower recall and precision (docs/retrieval.md)
                 "weight_decay": 1e-4,
                 "warmup_steps": 20,
                 "max_steps": 400,
