@@ -21,6 +21,7 @@ import sys
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+from radlens.core import InputError
 from radlens.data import CHEXPERT_LABELS
 from radlens.retrieval import RetrievalIndex
 
@@ -33,7 +34,10 @@ def main() -> None:
     parser.add_argument("score_index", help="index of the same model the probes are scored on")
     parser.add_argument("--c", type=float, default=0.1, help="inverse L2 strength of each probe")
     args = parser.parse_args()
-    fit, score = RetrievalIndex.open(args.fit_index), RetrievalIndex.open(args.score_index)
+    try:
+        fit, score = RetrievalIndex.open(args.fit_index), RetrievalIndex.open(args.score_index)
+    except InputError as error:  # a missing or damaged index: one line, no traceback
+        sys.exit(str(error))
     if fit.fingerprint != score.fingerprint:
         sys.exit("the two indexes were built with different models; build both with the same checkpoint")
     fit_x, score_x = fit.images.vectors(), score.images.vectors()
