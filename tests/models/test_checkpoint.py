@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 import radlens
@@ -225,23 +226,20 @@ def test_a_classifier_checkpoint_loads_through_radlens_models_alone(tmp_path: Pa
     model = CheXpertClassifier(config).eval()
     save_checkpoint(model, tmp_path / "classifier")
     pixels = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
-    torch.save(pixels, tmp_path / "pixels.pt")
     with torch.no_grad():
-        torch.save(model(pixels), tmp_path / "expected.pt")
+        save_file({"pixels": pixels, "expected": model(pixels)}, tmp_path / "io.safetensors")
     script = (
         "import sys, torch\n"
+        "from safetensors.torch import load_file\n"
         "from radlens.models import load_checkpoint\n"
         "model = load_checkpoint(sys.argv[1]).eval()\n"
+        "io = load_file(sys.argv[2])\n"
         "with torch.no_grad():\n"
-        "    out = model(torch.load(sys.argv[2]))\n"
-        "torch.testing.assert_close(out, torch.load(sys.argv[3]))\n"
+        "    out = model(io['pixels'])\n"
+        "torch.testing.assert_close(out, io['expected'])\n"
         "print(type(model).__name__)\n"
     )
-    folder, pixels_file, expected_file = (
-        str(tmp_path / name) for name in ("classifier", "pixels.pt", "expected.pt")
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script, folder, pixels_file, expected_file], capture_output=True, text=True
-    )
+    folder, io_file = str(tmp_path / "classifier"), str(tmp_path / "io.safetensors")
+    done = subprocess.run([sys.executable, "-c", script, folder, io_file], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "CheXpertClassifier"
