@@ -229,15 +229,15 @@ class VectorIndex:
         Exact for flat and HNSW indexes; an IVF index stores its vectors whole too (IVF-Flat) and builds
         the direct map it needs for this on first use.
         """
-        ids = np.arange(self.count) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
+        ids = np.ascontiguousarray(np.arange(self.count) if rows is None else rows, dtype=np.int64).reshape(
+            -1
+        )
         if ids.size and (ids.min() < 0 or ids.max() >= self.count):
             raise IndexError(f"row numbers must lie in [0, {self.count}); got {ids.min()}..{ids.max()}")
         if self.kind == "ivf" and not getattr(self, "_direct_map", False):
             faiss.extract_index_ivf(self.index).make_direct_map()
             self._direct_map = True
-        return np.asarray(
-            self.index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64)), dtype=np.float32
-        ).reshape(len(ids), self.dim)
+        return np.asarray(self.index.reconstruct_batch(ids), dtype=np.float32).reshape(len(ids), self.dim)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the index to the file ``path`` (via a temporary sibling and an atomic rename)."""
