@@ -78,10 +78,8 @@ def main() -> None:
 def itm_ceilings(index: RetrievalIndex, seed: int) -> None:
     """ITM accuracy ceilings on every indexed study paired with its report and one negative."""
     label_sets = [row["labels"] for row in index.rows]
-    drawn = [
-        any(labels.get(name) == 1 for name in CHEXPERT_LABELS if name != "No Finding")
-        for labels in label_sets
-    ]
+    findings = [column for column, name in enumerate(CHEXPERT_LABELS) if name != "No Finding"]
+    drawn = (index.labels[:, findings] == 1).any(axis=1)
     for strategy in STRATEGIES:
         sampler = NegativeSampler(label_sets, strategy)
         # the draw validate_fusion makes for study i: generator seeded with (seed, epoch 0, i)
