@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -174,3 +175,25 @@ def test_bad_inputs_exit_2_with_one_line(
         line = _error_line(capsys)
         assert message in line, (args, line)
     assert not (tmp_path / "i").exists() and not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--text", "effusion", "--k", "0"], "--k must be a positive"),
+        (["--text", "  "], "query text is empty"),
+        (["--text", "effusion", "--label", "Bogus"], "unknown label"),
+        (["--image", "missing.png"], "not found"),
+    ],
+)
+def test_option_errors_come_before_the_model_stack_is_imported(options: list[str], message: str) -> None:
+    """A mistyped option is reported before torch / transformers load (~5 s), in a fresh interpreter."""
+    script = (
+        "import sys\n"
+        "from radlens.cli.app import main\n"
+        f"code = main(['search', '--index', 'nowhere', '--model', 'nowhere', *{options!r}])\n"
+        "print(code, 'transformers' in sys.modules, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert message in done.stderr, done.stderr
+    assert done.stdout.split() == ["2", "False", "False"], done.stdout

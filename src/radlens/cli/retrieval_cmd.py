@@ -57,10 +57,10 @@ def build(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index folder."),
 ) -> None:
     """Embed every study (first frontal image + report) and write a searchable index."""
-    from radlens.retrieval.build import PROBLEMS_FILE, build_index
-
     if batch_size < 1 or workers < 0:
         raise InputError("--batch-size must be at least 1 and --workers at least 0")
+    from radlens.retrieval.build import PROBLEMS_FILE, build_index
+
     summary = build_index(
         model,
         data,
@@ -101,9 +101,8 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="Print the hits as JSON."),
 ) -> None:
     """Search the index with a report text or an image; prints a table (or JSON) of the best studies."""
-    from radlens.retrieval.index import SearchFilter
-    from radlens.retrieval.retriever import Retriever
-
+    # Check the options before importing the retrieval stack (~5 s: torch, transformers), so a mistyped
+    # option costs a second, not six.
     if (text is None) == (image is None):
         raise InputError("pass exactly one of --text and --image")
     if k < 1:
@@ -116,8 +115,12 @@ def search(
         raise InputError("the query text is empty", "type a few words, e.g. --text 'left pleural effusion'")
     if image is not None and not image.is_file():
         raise InputError(f"image file {image} not found")
+    positive = tuple(_label_name(name) for name in labels or ())
+    from radlens.retrieval.index import SearchFilter
+    from radlens.retrieval.retriever import Retriever
+
     filters = SearchFilter(
-        positive=tuple(_label_name(name) for name in labels or ()),
+        positive=positive,
         views=tuple(views or ()),
         splits=tuple(splits or ()),
     )
