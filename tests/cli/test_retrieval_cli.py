@@ -74,6 +74,23 @@ def test_search_table_with_rerank_and_label_filter(tiny: World, capsys: pytest.C
     assert tiny.records[0].study_id in table and "ITM" not in table
 
 
+def test_search_table_gives_each_hit_a_short_row(
+    tiny: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The impression is cut to one line (an ellipsis), so k hits stay k short rows in an 80-column terminal."""
+    monkeypatch.setenv("COLUMNS", "80")
+    image = str(tiny.records[0].images[0].path)
+    args = ["search", "--index", str(tiny.index), "--model", str(tiny.dual), "--image", image, "--k", "4"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    body = lines[lines.index(next(line for line in lines if line.startswith("┡"))) + 1 : -1]
+    assert all(len(line) <= 80 for line in lines)
+    rows = [line for line in body if line.split("│")[1].strip()]  # a row starts where the rank cell is set
+    assert [row.split("│")[1].strip() for row in rows] == ["1", "2", "3", "4"]
+    assert len(body) <= 4 * 4  # positive labels may wrap onto a few lines; the impression never does
+    assert sum("…" in row for row in rows) >= 1
+
+
 def test_search_notice_for_a_long_query_never_echoes_it(
     tiny: World, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -141,18 +141,12 @@ def search(
 
 
 def _print_table(hits: SearchResults, reranked: bool) -> None:
-    table = Table(show_lines=False)
-    for column in (
-        "rank",
-        "score",
-        *(["ITM"] if reranked else []),
-        "study",
-        "view",
-        "split",
-        "positive",
-        "impression",
-    ):
-        table.add_column(column, overflow="fold")
+    # One line per hit: the impression is cut to the terminal's width (--json has all of it).
+    table = Table(show_lines=False, expand=True)
+    for column in ("rank", "score", *(["ITM"] if reranked else []), "study", "view", "split"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("positive", overflow="fold", ratio=1, min_width=16)
+    table.add_column("impression", no_wrap=True, overflow="ellipsis", ratio=1, min_width=16)
     for hit in hits:
         itm = [f"{hit.rerank_score:.3f}" if hit.rerank_score is not None else "-"] if reranked else []
         table.add_row(
