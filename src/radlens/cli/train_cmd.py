@@ -10,7 +10,8 @@ from radlens.cli._output import report_skipped
 from radlens.core import InputError, is_quiet, set_quiet
 
 train_app = typer.Typer(
-    help="Train models: retrieval (dual encoder, fusion model, metric-learning stage).", no_args_is_help=True
+    help="Train models: retrieval (dual encoder, fusion model, metric stage) and the CheXpert classifier.",
+    no_args_is_help=True,
 )
 
 _MODELS = ("dual", "fusion", "metric")
