@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,6 +21,7 @@ from radlens.models.text_towers import (
     mean_pool,
     minilm_path,
 )
+from radlens.phantom import PhantomConfig, generate_dataset
 
 SENTENCES = [
     "No acute cardiopulmonary process.",
@@ -114,3 +120,22 @@ def test_text_config_validation() -> None:
         TextTowerConfig(max_length=600)
     config = TextTowerConfig(name="small_bert", hidden_size=64, num_heads=4)
     assert TextTowerConfig.from_yaml(config.to_yaml()) == config
+
+
+def test_report_truncation_example_counts_what_a_token_limit_loses(tmp_path: Path) -> None:
+    """docs/examples/report_truncation.py: a limit above every report keeps every label set; a limit of
+    8 tokens (little beyond "findings :") keeps few and loses positive labels; a bad limit is one line."""
+    generate_dataset(PhantomConfig(studies=30, size=64, seed=0, workers=1), tmp_path / "phantom")
+    script = Path(__file__).parents[2] / "docs" / "examples" / "report_truncation.py"
+    command = [sys.executable, str(script), str(tmp_path / "phantom"), "--limits", "8", "512"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = {
+        int(match[1]): (float(match[2]), float(match[3]), int(match[4]))
+        for match in re.finditer(r"^ *(\d+) +([\d.]+)% +([\d.]+) +(\d+) of \d+$", done.stdout, re.MULTILINE)
+    }
+    assert rows[512] == (0.0, 1.0, 0), done.stdout
+    cut, kept, lost = rows[8]
+    assert cut == 100.0 and kept < 0.5 and lost > 0, done.stdout
+    bad = subprocess.run([*command[:3], "--limits", "1"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and bad.stderr.strip().startswith("error: --limits"), bad.stderr
