@@ -300,6 +300,8 @@ def test_search_filters(built: Path, vectors: tuple) -> None:
     assert len(index.search_image_vectors(images[:1], k=100, filters=pa_only)[0]) == 30
     with pytest.raises(InputError, match="unknown label 'Oedema'"):
         SearchFilter(positive=("Oedema",))
+    # What the view and split filters can select, in the case they are matched in.
+    assert index.views == ["AP", "PA"] and index.splits == ["test", "train"]
 
 
 def test_approximate_kinds_on_disk(tmp_path: Path, clustered: tuple) -> None:

@@ -125,6 +125,16 @@ def search(
         splits=tuple(splits or ()),
     )
     retriever = Retriever.load(index, model, rerank_model_dir=fusion)
+    for option, asked, present in (
+        ("--view", [view.upper() for view in filters.views], retriever.index.views),
+        ("--split", [split.lower() for split in filters.splits], retriever.index.splits),
+    ):
+        unknown = [value for value in asked if value not in present]
+        if unknown:  # most likely a typo: say what the index holds rather than "no study matches"
+            raise InputError(
+                f"{option} {unknown[0]} matches no indexed study",
+                f"use one of {', '.join(present)}" if present else f"the index records no {option[2:]}",
+            )
     depth = (rerank if rerank is not None else k) if fusion is not None else 0
     if text is not None:
         hits = retriever.search_text(text, k=k, filters=filters, rerank=depth)

@@ -427,6 +427,17 @@ class RetrievalIndex:
         return view
 
     @property
+    def views(self) -> list[str]:
+        """The distinct view positions of the rows (upper case, sorted): what ``SearchFilter.views`` can
+        select."""
+        return sorted({view for view in self._views if view})
+
+    @property
+    def splits(self) -> list[str]:
+        """The distinct splits of the rows (lower case, sorted): what ``SearchFilter.splits`` can select."""
+        return sorted({split for split in self._splits if split})
+
+    @property
     def fingerprint(self) -> str:
         """Fingerprint of the model whose embeddings the index holds."""
         return str(self.info["model_fingerprint"])

@@ -176,8 +176,7 @@ class _Service:
         for number, row in enumerate(rows):
             self.study_rows.setdefault(str(row["study_id"]), []).append(number)
         self.image_rows = {str(row["image_id"]): n for n, row in enumerate(rows) if row.get("image_id")}
-        self.views = sorted({str(row["view"]).upper() for row in rows if row.get("view")})
-        self.splits = sorted({str(row["split"]).lower() for row in rows if row.get("split")})
+        self.views, self.splits = retriever.index.views, retriever.index.splits
 
     # --- endpoints ---------------------------------------------------------------------------------
 
