@@ -148,9 +148,9 @@ def _split_rows(index: RetrievalIndex, split: str | None, purpose: str) -> np.nd
         dtype=np.int64,
     )
     if rows.size == 0:
-        present = sorted({str(row.get("split")) for row in index.rows})
+        present = ", ".join(index.splits) or "no split labels"
         raise InputError(
-            f"index {index.folder} has no study in split {split!r} to {purpose} (it holds {', '.join(present)})",
+            f"index {index.folder} has no study in split {split!r} to {purpose} (it holds {present})",
             "build the index with that split, or choose another split",
         )
     return rows
