@@ -133,7 +133,7 @@ def _bad_inputs(tiny: World, tmp: Path) -> list[tuple[list[str], str]]:
         ([*search, "--text", "effusion", "--rerank", "5"], "--fusion"),
         ([*search, "--text", "effusion", "--label", "Bogus"], "unknown label"),
         ([*search, "--text", "effusion", "--split", "tset"], "--split tset matches no indexed study"),
-        ([*search, "--text", "effusion", "--view", "lateral"], "--view LATERAL matches no indexed study"),
+        ([*search, "--text", "effusion", "--view", "lateral"], "--view lateral matches no indexed study"),
         (["search", "--index", str(tmp / "nowhere"), "--model", dual, "--text", "x"], "not found"),
         (["search", "--index", str(corrupt), "--model", dual, "--text", "x"], "corrupt"),
         (["search", "--index", index, "--model", str(tiny.fusion), "--text", "x"], "fusion model"),

@@ -126,10 +126,11 @@ def search(
     )
     retriever = Retriever.load(index, model, rerank_model_dir=fusion)
     for option, asked, present in (
-        ("--view", [view.upper() for view in filters.views], retriever.index.views),
-        ("--split", [split.lower() for split in filters.splits], retriever.index.splits),
+        ("--view", filters.views, retriever.index.views),
+        ("--split", filters.splits, retriever.index.splits),
     ):
-        unknown = [value for value in asked if value not in present]
+        # The filters match case-insensitively; the index lists views upper-case and splits lower-case.
+        unknown = [value for value in asked if value.upper() not in present and value.lower() not in present]
         if unknown:  # most likely a typo: say what the index holds rather than "no study matches"
             raise InputError(
                 f"{option} {unknown[0]} matches no indexed study",
