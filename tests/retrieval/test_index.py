@@ -302,6 +302,8 @@ def test_search_filters(built: Path, vectors: tuple) -> None:
         SearchFilter(positive=("Oedema",))
     # What the view and split filters can select, in the case they are matched in.
     assert index.views == ["AP", "PA"] and index.splits == ["test", "train"]
+    np.testing.assert_array_equal(index.matching_rows(only), allowed)  # the rows a search may return
+    assert index.matching_rows(SearchFilter(splits=("validate",))).size == 0
 
 
 def test_approximate_kinds_on_disk(tmp_path: Path, clustered: tuple) -> None:

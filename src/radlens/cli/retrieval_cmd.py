@@ -125,15 +125,17 @@ def search(
         splits=tuple(splits or ()),
     )
     retriever = Retriever.load(index, model, rerank_model_dir=fusion)
-    for option, asked, present in (
-        ("--view", filters.views, retriever.index.views),
-        ("--split", filters.splits, retriever.index.splits),
-    ):
-        # The filters match case-insensitively; the index lists views upper-case and splits lower-case.
-        unknown = [value for value in asked if value.upper() not in present and value.lower() not in present]
-        if unknown:  # most likely a typo: say what the index holds rather than "no study matches"
+    # A view or split that no row has is most likely a typo: say what the index holds rather than
+    # "no study matches the filters".
+    index_in_use = retriever.index
+    checks = [("--view", view, SearchFilter(views=(view,)), index_in_use.views) for view in filters.views]
+    checks += [
+        ("--split", split, SearchFilter(splits=(split,)), index_in_use.splits) for split in filters.splits
+    ]
+    for option, value, only_this, present in checks:
+        if not index_in_use.matching_rows(only_this).size:
             raise InputError(
-                f"{option} {unknown[0]} matches no indexed study",
+                f"{option} {value} matches no indexed study",
                 f"use one of {', '.join(present)}" if present else f"the index records no {option[2:]}",
             )
     depth = (rerank if rerank is not None else k) if fusion is not None else 0

@@ -38,7 +38,7 @@ from radlens.data.schema import ImageRecord, StudyRecord
 from radlens.data.transforms import ResizePolicy
 from radlens.metrics.retrieval import retrieval_report
 from radlens.retrieval._embedder import load_embedder
-from radlens.retrieval.index import RetrievalIndex
+from radlens.retrieval.index import RetrievalIndex, SearchFilter
 from radlens.train.negatives import STRATEGIES, NegativeSampler, Strategy
 
 
@@ -142,11 +142,7 @@ def _split_rows(index: RetrievalIndex, split: str | None, purpose: str) -> np.nd
     """Row numbers of the index rows in ``split`` (all rows for ``None`` or ``"all"``)."""
     if split is None or split.lower() == "all":
         return np.arange(len(index))
-    wanted = split.lower()
-    rows = np.array(
-        [n for n, row in enumerate(index.rows) if str(row.get("split") or "").lower() == wanted],
-        dtype=np.int64,
-    )
+    rows = index.matching_rows(SearchFilter(splits=(split,)))
     if rows.size == 0:
         present = ", ".join(index.splits) or "no split labels"
         raise InputError(

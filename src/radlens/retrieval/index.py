@@ -437,6 +437,10 @@ class RetrievalIndex:
         """The distinct splits of the rows (lower case, sorted): what ``SearchFilter.splits`` can select."""
         return sorted({split for split in self._splits if split})
 
+    def matching_rows(self, filters: SearchFilter) -> np.ndarray:
+        """The row numbers (int64, ascending) that ``filters`` lets a search return."""
+        return np.flatnonzero(filters.mask(self._labels, self._views, self._splits))
+
     @property
     def fingerprint(self) -> str:
         """Fingerprint of the model whose embeddings the index holds."""
@@ -529,8 +533,8 @@ class RetrievalIndex:
         """Result rows per query: the metadata row plus ``row`` (id), ``rank`` (1 = best) and ``score``."""
         allowed = None
         if filters is not None:
-            mask = filters.mask(self._labels, self._views, self._splits)
-            allowed = None if mask.all() else np.flatnonzero(mask)
+            rows = self.matching_rows(filters)
+            allowed = None if len(rows) == len(self) else rows
         scores, ids = index.search(queries, k, allowed)
         results = []
         for query_scores, query_ids in zip(scores, ids, strict=True):
