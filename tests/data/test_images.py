@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -201,3 +202,91 @@ def test_missing_and_non_image_files(tmp_path: Path) -> None:
     (tmp_path / "bad.dcm").write_bytes(b"\0" * 200)
     with pytest.raises(ImageDecodeError):
         load_image(tmp_path / "bad.dcm")
+
+
+# ----------------------------------------------------------------------------- less common pixel modes
+
+
+def test_pillow_modes_scale_to_unit_range(tmp_path: Path) -> None:
+    """Each Pillow mode a dataset may hold maps to [0, 1] by its own nominal range."""
+    bilevel = np.zeros((8, 8), dtype=bool)
+    bilevel[0, :3] = True
+    Image.fromarray(bilevel).convert("1").save(tmp_path / "b.png")
+    assert Image.open(tmp_path / "b.png").mode == "1"
+    np.testing.assert_array_equal(load_image(tmp_path / "b.png")[0, :4], [1, 1, 1, 0])
+
+    wide = np.resize(np.array([0, 1000, 65535], dtype=np.int32), (8, 8))  # 32-bit container, 16-bit values
+    Image.fromarray(wide, mode="I").save(tmp_path / "i.tif")
+    assert Image.open(tmp_path / "i.tif").mode == "I"
+    np.testing.assert_allclose(load_image(tmp_path / "i.tif")[0, :3], [0, 1000 / 65535, 1.0], atol=1e-6)
+
+    floats = np.resize(np.array([0.0, 0.25, 1.0], dtype=np.float32), (8, 8))
+    Image.fromarray(floats, mode="F").save(tmp_path / "f.tif")
+    np.testing.assert_allclose(load_image(tmp_path / "f.tif")[0, :3], [0.0, 0.25, 1.0], atol=1e-7)
+
+    palette = Image.new("P", (8, 8))
+    palette.putpalette([0, 0, 0, 255, 255, 255, 255, 0, 0] + [0] * (256 * 3 - 9))
+    palette.putdata([0, 1, 2] + [0] * 61)
+    palette.save(tmp_path / "p.png")
+    expected = [0.0, 1.0, round(0.299 * 255) / 255]  # Pillow's own L conversion of pure red
+    np.testing.assert_allclose(load_image(tmp_path / "p.png")[0, :3], expected, atol=1 / 255)
+
+
+@pytest.mark.parametrize(
+    ("array", "mode", "message"),
+    [
+        (np.full((8, 8), 70_000, dtype=np.int32), "I", "32-bit integer"),
+        (np.full((8, 8), 2.5, dtype=np.float32), "F", r"outside \[0, 1\]"),
+    ],
+)
+def test_out_of_range_wide_pixels_are_refused(
+    tmp_path: Path, array: np.ndarray, mode: str, message: str
+) -> None:
+    Image.fromarray(array, mode=mode).save(tmp_path / "x.tif")
+    with pytest.raises(ImageDecodeError, match=message):
+        load_image(tmp_path / "x.tif")
+
+
+def test_dicom_rgb_is_converted_to_luma(tmp_path: Path) -> None:
+    rgb = np.zeros((8, 8, 3), dtype=np.uint8)
+    rgb[0, 0], rgb[0, 1], rgb[0, 2], rgb[0, 3] = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
+    path = write_dicom(tmp_path / "rgb.dcm", np.zeros((8, 8)), 8)
+    ds = dcmread(path)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.PixelData = rgb.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    np.testing.assert_allclose(load_image(path)[0, :4], [0.299, 0.587, 0.114, 1.0], atol=1e-5)
+
+
+def test_dicom_palette_colour_goes_through_its_lut(tmp_path: Path) -> None:
+    # Index i -> (red, green, blue) = (i, 0, 0) * 257 in 16-bit entries: luma 0.299 * i / 255.
+    path = write_dicom(
+        tmp_path / "pal.dcm", tile([0, 100, 255]), 8, PhotometricInterpretation="PALETTE COLOR"
+    )
+    ds = dcmread(path)
+    ramp = (np.arange(256, dtype=np.uint16) * 257).tobytes()
+    zeros = np.zeros(256, dtype=np.uint16).tobytes()
+    for offset, data in enumerate((ramp, zeros, zeros)):  # red, green, blue
+        ds.add_new(0x00281101 + offset, "US", [256, 0, 16])  # (Colour) Palette LUT Descriptor
+        ds.add_new(0x00281201 + offset, "OW", data)  # (Colour) Palette LUT Data
+    ds.save_as(path, enforce_file_format=True)
+    np.testing.assert_allclose(first_values(load_image(path), 3), [0.0, 0.299 * 100 / 255, 0.299], atol=1e-5)
+
+
+def test_dicom_multi_frame_reads_the_first_frame(tmp_path: Path) -> None:
+    frames = np.stack([tile([0, 51, 255]), tile([255, 255, 255])])
+    path = write_dicom(tmp_path / "mf.dcm", frames[0], 8)
+    ds = dcmread(path)
+    ds.NumberOfFrames = 2
+    ds.PixelData = frames.astype(np.uint8).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    np.testing.assert_allclose(first_values(load_image(path), 3), [0.0, 0.2, 1.0], atol=1e-6)
+
+
+def test_dicom_without_pixel_data_is_refused(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "np.dcm", np.zeros((8, 8)), 8)
+    ds = dcmread(path)
+    del ds.PixelData
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(ImageDecodeError, match="no pixel data"):
+        load_image(path)
