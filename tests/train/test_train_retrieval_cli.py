@@ -232,6 +232,14 @@ def _bad(tmp_path: Path, phantom: Path, dual_yaml: Path, dual_run: Path) -> dict
             "error: precompute_frozen with --model fusion needs --base DUAL_CKPT",
         ),
         "out not empty": ([*data, "--out", str(dual_run), "--config", str(dual_yaml)], "not empty"),
+        "no steps": (
+            [*data, "--out", str(tmp_path / "o11"), "--max-steps", "0"],
+            "--max-steps must be at least 1",
+        ),
+        "resume and overwrite": (
+            [*data, "--out", str(dual_run), "--resume", "--overwrite"],
+            "--resume and --overwrite contradict each other",
+        ),
     }
 
 
@@ -245,10 +253,12 @@ def test_bad_inputs_exit_2_with_one_line(
         line = _error_line(capsys)
         assert message in line, (name, line)
     assert sorted(path.name for path in dual_run.iterdir()) == before  # refused runs touched nothing
-    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 10))
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 12))
 
 
-def test_overwrite_restarts_a_run(tmp_path: Path, phantom: Path, dual_yaml: Path, dual_run: Path) -> None:
+def test_overwrite_restarts_a_run(
+    tmp_path: Path, phantom: Path, dual_yaml: Path, dual_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "again"
     shutil.copytree(dual_run, out)
     (out / "checkpoint-2" / "stale-marker").write_text("x")
@@ -256,6 +266,12 @@ def test_overwrite_restarts_a_run(tmp_path: Path, phantom: Path, dual_yaml: Path
         tmp_path / "two.yaml",
         {"train": {**TINY_TRAIN, "max_steps": 2}, "precompute_frozen": False, "dual_encoder": TINY_DUAL},
     )
-    assert _train("--data", str(phantom), "--out", str(out), "--config", str(changed), "--overwrite") == 0
+    args = ["train", "retrieval", "--data", str(phantom), "--out", str(out), "--config", str(changed)]
+    assert main([*args, "--overwrite"]) == 0  # not quiet: the summary is printed
+    printed = capsys.readouterr().out.splitlines()
+    studies = json.loads((out / "validation.json").read_text())["studies"]
+    assert printed[0].startswith("trained dual (cpu-demo) for 2 steps on ") and ": final loss " in printed[0]
+    assert any(line.startswith(f"validation ({studies} studies): ") for line in printed)
+    assert printed[-1] == f"wrote {out} (model, metrics.jsonl, loss_curve.png, validation.json)"
     assert not (out / "checkpoint-4").exists() and not (out / "checkpoint-2" / "stale-marker").exists()
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
