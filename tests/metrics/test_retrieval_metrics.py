@@ -175,9 +175,11 @@ def test_label_relevance_share_positive() -> None:
     np.testing.assert_array_equal(relevance, expected)
 
 
-def test_label_relevance_matches_set_definition_on_random_labels() -> None:
+@pytest.mark.parametrize("columns", [14, 70])  # 70: past one int64 bit code per study (the row path)
+def test_label_relevance_matches_set_definition_on_random_labels(columns: int) -> None:
     rng = np.random.default_rng(3)
-    labels = rng.choice([1.0, 0.0, -1.0, NAN], p=[0.3, 0.3, 0.2, 0.2], size=(40, 14))
+    labels = rng.choice([1.0, 0.0, -1.0, NAN], p=[0.3, 0.3, 0.2, 0.2], size=(40, columns))
+    labels[:5] = labels[5:10]  # some identical sets even with 70 columns
     sets = [frozenset(np.flatnonzero(row == 1)) for row in labels]
     identical = label_relevance(labels, labels[:25], "identical")
     shared = label_relevance(labels, labels[:25], "share_positive")

@@ -101,6 +101,16 @@ def test_ivf_defaults_and_nprobe() -> None:
         VectorIndex.build(base[:10]).nprobe = 2
     with pytest.raises(InputError, match="train_size 10 is below nlist 40"):
         VectorIndex.build(base, "ivf", nlist=40, train_size=10)
+    with pytest.raises(
+        InputError, match=rf"nlist must be between 1 and the number of vectors \({len(base)}\)"
+    ):
+        VectorIndex.build(base, "ivf", nlist=len(base) + 1)
+    with pytest.raises(InputError, match="ef_search applies to HNSW indexes, this one is ivf"):
+        index.ef_search = 8
+    with pytest.raises(InputError, match="ef_search must be at least 1"):
+        VectorIndex.build(base[:50], "hnsw").ef_search = 0
+    with pytest.raises(InputError, match="k must be at least 1, got 0"):
+        index.search(base[:2], 0)
 
 
 def test_short_approximate_results_are_filled_exactly() -> None:
