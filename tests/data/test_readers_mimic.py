@@ -356,3 +356,25 @@ def test_prefetch_keeps_order_and_returns_errors() -> None:
     assert list(prefetch(str, [], chunk=4)) == []
     (missing,) = prefetch(read_bytes, ["/nonexistent/radlens/report.txt"])
     assert isinstance(missing, FileNotFoundError)
+
+
+def test_invalid_and_duplicate_index_rows_are_reported(tmp_path: Path) -> None:
+    root = build_mimic(tmp_path / "m")
+    table = root / f"{PREFIX}-metadata.csv.gz"
+    frame = pd.read_csv(table, dtype=str)
+    bad_id = {**frame.iloc[0].to_dict(), "dicom_id": "dx", "subject_id": "abc"}
+    blank = {**frame.iloc[0].to_dict(), "dicom_id": "dy", "study_id": ""}
+    duplicate = frame.iloc[2].to_dict()
+    pd.DataFrame([*frame.to_dict("records"), bad_id, blank, duplicate]).to_csv(
+        table, index=False, compression="gzip"
+    )
+    result = read_mimic(root)
+    assert len(result.records) == len(STUDIES)  # the valid rows still make every study
+    reasons = [p.reason for p in result.problems]
+    count = len(frame)
+    assert reasons == [
+        f"index row invalid: data row {count + 1} has a blank or non-numeric id",
+        f"index row invalid: data row {count + 2} has a blank or non-numeric id",
+        f"index row duplicate: dicom_id d3 listed again in data row {count + 3}",
+    ]
+    assert all(Path(p.path) == table for p in result.problems)
