@@ -37,9 +37,11 @@ def main() -> None:
     try:
         fit, score = RetrievalIndex.open(args.fit_index), RetrievalIndex.open(args.score_index)
     except InputError as error:  # a missing or damaged index: one line, no traceback
-        sys.exit(str(error))
+        sys.exit(f"error: {error.one_line()}")
     if fit.fingerprint != score.fingerprint:
-        sys.exit("the two indexes were built with different models; build both with the same checkpoint")
+        sys.exit(
+            "error: the two indexes were built with different models; build both with the same checkpoint"
+        )
     fit_x, score_x = fit.images.vectors(), score.images.vectors()
     mean, std = fit_x.mean(axis=0), fit_x.std(axis=0) + 1e-6
     fit_x, score_x = (fit_x - mean) / std, (score_x - mean) / std

@@ -461,3 +461,9 @@ def test_image_probe_example_tells_an_encoded_finding_from_an_absent_one(tmp_pat
     }
     assert auc["Edema"] > 0.95 and abs(auc["Fracture"] - 0.5) < 0.1, done.stdout
     assert "Cardiomegaly" in done.stdout and "skipped" in done.stdout  # no study has it: reported
+    missing = subprocess.run(
+        [sys.executable, str(script), folders[0], str(tmp_path / "nowhere")], capture_output=True, text=True
+    )
+    assert (
+        missing.returncode == 1 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
+    )
