@@ -290,3 +290,17 @@ def test_dicom_without_pixel_data_is_refused(tmp_path: Path) -> None:
     ds.save_as(path, enforce_file_format=True)
     with pytest.raises(ImageDecodeError, match="no pixel data"):
         load_image(path)
+
+
+def test_dicom_cut_anywhere_is_an_image_decode_error(tmp_path: Path) -> None:
+    """A half-copied DICOM file fails as ImageDecodeError wherever it ends (pydicom raises struct.error,
+    EOFError or ValueError depending on where the cut falls)."""
+    whole = write_dicom(tmp_path / "whole.dcm", tile([0, 51, 255]), 8).read_bytes()
+    path = tmp_path / "cut.dcm"
+    for end in range(132, len(whole) - 1, 3):
+        path.write_bytes(whole[:end])
+        for read in (probe_image, load_image):
+            try:
+                read(path)
+            except ImageDecodeError:
+                pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -102,6 +103,7 @@ def test_bad_rows_are_skipped_and_recorded(tmp_path: Path) -> None:
         json.dumps({"image": "ok.png", "text": "Different text.", "study_id": "s1"}),
         json.dumps({"text": "no image", "image": ""}),
         json.dumps({"image": "small.png", "text": "Tiny.", "study_id": "s5"}),
+        json.dumps({"image": "ok.png", "text": "Clear.", "study_id": "s6", "Edema": [1]}),
     ]
     table = tmp_path / "t.jsonl"
     table.write_bytes("\n".join(lines).encode() + b'\n{"image": "ok.png", "text": "caf\xe9"}\n')
@@ -110,9 +112,9 @@ def test_bad_rows_are_skipped_and_recorded(tmp_path: Path) -> None:
     kinds = [(p.path.rsplit(":", 1)[-1] if ".jsonl:" in p.path else Path(p.path).name, p.reason.split(":")[0])
              for p in result.problems]  # fmt: skip
     assert sorted(kinds) == sorted([
-        ("5", "row malformed"), ("9", "row not UTF-8"), ("missing.png", "image file missing"),
+        ("5", "row malformed"), ("10", "row not UTF-8"), ("missing.png", "image file missing"),
         ("3", "report empty"), ("4", "label value invalid"), ("6", "row conflicts"),
-        ("7", "row without image path"), ("small.png", "image unreadable"),
+        ("7", "row without image path"), ("small.png", "image unreadable"), ("9", "label value invalid"),
     ])  # fmt: skip
     with pytest.raises(InputError, match="row malformed"):
         read_table(table, strict=True)
@@ -128,6 +130,11 @@ def test_table_level_errors(tmp_path: Path) -> None:
     (tmp_path / "latin.csv").write_bytes(b"image,text\na.png,caf\xe9\n")
     with pytest.raises(InputError, match="not UTF-8"):
         read_table(tmp_path / "latin.csv")
+    packed = bytearray(gzip.compress(b'{"image": "a.png", "text": "x"}\n' * 50))
+    packed[10] ^= 0xFF  # a bad byte in the deflate stream: zlib.error, where a short file gives EOFError
+    (tmp_path / "bad.jsonl.gz").write_bytes(packed)
+    with pytest.raises(InputError, match="damaged gzip file"):
+        read_table(tmp_path / "bad.jsonl.gz")
     (tmp_path / "gone.csv").write_text("image,text\nnope/a.png,x\nnope/b.png,y\n", encoding="utf-8")
     with pytest.raises(InputError, match="none of the 2 image"):
         read_table(tmp_path / "gone.csv")
@@ -159,12 +166,15 @@ def test_bad_slices_are_skipped_and_recorded(tmp_path: Path) -> None:
     bad = png(tmp_path / "s" / "2.png")
     bad.write_bytes(bad.read_bytes()[:50])
     (tmp_path / "s" / "3.dcm").write_bytes(b"this is not dicom at all" * 10)
+    whole = dicom(tmp_path / "s" / "5.dcm", instance=5, series_uid=generate_uid()).read_bytes()
+    (tmp_path / "s" / "5.dcm").write_bytes(whole[:154])  # cut inside the header: an interrupted copy
     dicom(tmp_path / "s" / "4.dcm", instance=4, series_uid=generate_uid())
     result = read_slices(tmp_path, check_images="decode")
     assert [r.images[0].image_id for r in result.records] == ["1", "4"]
     assert [(Path(p.path).name, p.reason.split(":")[0]) for p in result.problems] == [
         ("2.png", "image unreadable"),
         ("3.dcm", "image unreadable"),
+        ("5.dcm", "image unreadable"),
     ]
     assert [r.metadata["slice_index"] for r in result.records] == [0, 1]
     with pytest.raises(InputError, match=r"2\.png: image unreadable"):

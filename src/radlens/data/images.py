@@ -163,12 +163,13 @@ def _pil_to_float(path: Path, image: Image.Image) -> np.ndarray:
 
 def _read_dicom(path: Path, stop_before_pixels: bool = False) -> Any:
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     try:
         return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as exc:
-        raise ImageDecodeError(path, f"not a readable DICOM file ({exc})") from exc
+    except Exception as exc:
+        # pydicom raises many types on a damaged file: InvalidDicomError, EOFError, struct.error,
+        # BytesLengthException, ... depending on where a half-finished copy ends.
+        raise ImageDecodeError(path, f"not a readable DICOM file ({exc.__class__.__name__})") from exc
 
 
 def _dicom_shape(path: Path, ds: Any) -> tuple[int, int]:

@@ -60,8 +60,10 @@ def normalize_label(value: Any) -> LabelValue:
         value = value.strip()
         if value == "":
             return None
-        value = float(value)
-    number = float(value)
+    try:
+        number = float(value)
+    except TypeError as exc:  # e.g. a JSON list or object
+        raise ValueError(f"label value {value!r} is not one of 1, 0, -1 or blank") from exc
     if math.isnan(number):
         return None
     if number not in (POSITIVE, NEGATIVE, UNCERTAIN):

@@ -127,12 +127,13 @@ def _read_rows(table: Path, log: ProblemLog) -> list[tuple[str, dict[str, Any]]]
 
 def _read_jsonl(table: Path, log: ProblemLog) -> list[tuple[str, dict[str, Any]]]:
     import gzip
+    import zlib
 
     data = table.read_bytes()
     if data[:2] == b"\x1f\x8b":
         try:
             data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise InputError(f"{table} is a damaged gzip file ({exc})", "copy it again") from exc
     rows = []
     for number, raw in enumerate(data.splitlines(), start=1):
@@ -267,11 +268,10 @@ def _natural_key(name: str) -> list[Any]:
 def _dicom_header(path: Path, log: ProblemLog) -> dict[str, Any] | None:
     """InstanceNumber, SliceLocation, Modality, SeriesInstanceUID of a DICOM slice (header only)."""
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     try:
         dataset = pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as exc:
+    except Exception as exc:  # pydicom raises many types on a damaged file (see images._read_dicom)
         log.add(path, f"image unreadable: not a readable DICOM file ({exc.__class__.__name__})")
         return None
     header: dict[str, Any] = {}
