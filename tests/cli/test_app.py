@@ -33,6 +33,24 @@ def test_unknown_option_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -
     assert len(err.splitlines()) == 1
 
 
+def test_stray_words_of_an_unquoted_query_are_not_echoed(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["search", "--index", "idx", "--model", "m", "--text", "Mr", "Smith", "zebra", "quantum"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unexpected extra arguments") and "quote" in err
+    assert "Smith" not in err and "zebra" not in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.usefixtures("failing_commands")
+def test_error_text_is_printed_literally_not_as_markup(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["raise-markup"]) == 2  # Rich would raise MarkupError on "[/x]" and drop "[red]"
+    assert capsys.readouterr().err.strip() == "error: unknown view '[/x]' or '[red]': use PA"
+
+
+def _raise_markup_error() -> None:
+    raise InputError("unknown view '[/x]' or '[red]'", "use PA")
+
+
 def _raise_input_error() -> None:
     raise InputError("the thing is wrong", "pass a better thing")
 
@@ -45,9 +63,10 @@ def _raise_bug() -> None:
 def failing_commands() -> None:
     app.command("raise-input")(_raise_input_error)
     app.command("raise-bug")(_raise_bug)
+    app.command("raise-markup")(_raise_markup_error)
     yield
     app.registered_commands[:] = [
-        c for c in app.registered_commands if c.name not in {"raise-input", "raise-bug"}
+        c for c in app.registered_commands if c.name not in {"raise-input", "raise-bug", "raise-markup"}
     ]
 
 

@@ -13,6 +13,7 @@ import sys
 import traceback
 
 import typer
+from rich.markup import escape
 from typer.main import get_command
 
 from radlens import __version__
@@ -69,7 +70,19 @@ for _module_name in _COMMAND_MODULES:
 
 
 def _error(message: str) -> None:
-    stderr_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    # escape(): a message can quote user input such as "--view [/x]", which Rich would read as markup.
+    stderr_console.print(
+        f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True
+    )
+
+
+def _usage_message(message: str) -> str:
+    """Click's usage error without echoing stray arguments: an unquoted query's words would be shown."""
+    if message.startswith("Got unexpected extra argument"):
+        return (
+            "unexpected extra arguments (not shown); quote a value with spaces, e.g. --text 'left effusion'"
+        )
+    return message.replace("\n", " ")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx = getattr(exc, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        _error(message.replace("\n", " ") + hint)
+        _error(_usage_message(message) + hint)
         code = int(getattr(exc, "exit_code", 2))
     except RadlensError as exc:
         if debug:
