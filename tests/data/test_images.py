@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import zlib
@@ -12,8 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 from radlens.core.errors import InputError
 from radlens.data.images import MAX_PIXELS, ImageDecodeError, load_image, probe_image
@@ -300,7 +308,39 @@ def test_dicom_cut_anywhere_is_an_image_decode_error(tmp_path: Path) -> None:
     for end in range(132, len(whole) - 1, 3):
         path.write_bytes(whole[:end])
         for read in (probe_image, load_image):
-            try:
+            with contextlib.suppress(ImageDecodeError):  # anything else fails the test
                 read(path)
-            except ImageDecodeError:
-                pass
+
+
+def test_deflated_dicom_is_refused_before_it_is_inflated(tmp_path: Path) -> None:
+    """A deflated file inflates ~1000:1 inside pydicom before any size check: refuse it from its meta."""
+    path = write_dicom(tmp_path / "d.dcm", tile([0, 51, 255]), 8)
+    ds = dcmread(path)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.add_new(0x00091010, "OB", bytes(4 * 1024 * 1024))  # zeros: 4 MB that deflate to a few KB
+    ds.save_as(path, enforce_file_format=True)
+    assert path.stat().st_size < 64 * 1024
+    for read in (probe_image, load_image):
+        with pytest.raises(ImageDecodeError, match="deflate-compressed DICOM is not supported"):
+            read(path)
+
+
+@pytest.mark.parametrize(
+    ("text_values", "message"),
+    [
+        ({"Rows": "abc"}, "Rows/Columns are not whole numbers"),
+        ({"WindowCenter": "abc", "WindowWidth": "10"}, "invalid DICOM pixel module"),
+        ({"RescaleSlope": "abc", "RescaleIntercept": "0"}, "invalid DICOM pixel module"),
+    ],
+)
+def test_dicom_text_where_numbers_belong_is_an_image_decode_error(
+    tmp_path: Path, text_values: dict[str, str], message: str
+) -> None:
+    path = write_dicom(tmp_path / "t.dcm", tile([0, 51, 255]), 8)
+    ds = dcmread(path)
+    for keyword, value in text_values.items():  # a text value (VR LO) where a number belongs
+        tag = tag_for_keyword(keyword)
+        ds[tag] = DataElement(tag, "LO", value)
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(ImageDecodeError, match=message):
+        load_image(path)

@@ -164,6 +164,7 @@ def _pil_to_float(path: Path, image: Image.Image) -> np.ndarray:
 def _read_dicom(path: Path, stop_before_pixels: bool = False) -> Any:
     import pydicom
 
+    _refuse_deflated(path)
     try:
         return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
     except Exception as exc:
@@ -172,11 +173,33 @@ def _read_dicom(path: Path, stop_before_pixels: bool = False) -> Any:
         raise ImageDecodeError(path, f"not a readable DICOM file ({exc.__class__.__name__})") from exc
 
 
+def _refuse_deflated(path: Path) -> None:
+    """Refuse the Deflated transfer syntax before pydicom inflates the whole file into memory.
+
+    Deflate can compress ~1000:1, so a small file (an upload) could inflate to gigabytes before any size
+    check runs; pydicom offers no cap. Chest films are practically never stored deflated.
+    """
+    from pydicom.filereader import read_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    try:
+        syntax = read_file_meta_info(path).get("TransferSyntaxUID")
+    except Exception:  # no preamble or meta group: then there is no transfer syntax to inflate
+        return
+    if syntax == DeflatedExplicitVRLittleEndian:
+        raise ImageDecodeError(
+            path, "deflate-compressed DICOM is not supported", "re-save it uncompressed (e.g. dcmconv +te)"
+        )
+
+
 def _dicom_shape(path: Path, ds: Any) -> tuple[int, int]:
     rows, columns = ds.get("Rows"), ds.get("Columns")
     if rows is None or columns is None:
         raise ImageDecodeError(path, "DICOM file has no Rows/Columns (is it an image?)")
-    return int(rows), int(columns)
+    try:
+        return int(rows), int(columns)
+    except (TypeError, ValueError) as exc:
+        raise ImageDecodeError(path, "DICOM Rows/Columns are not whole numbers") from exc
 
 
 def _load_dicom(path: Path) -> np.ndarray:
@@ -200,8 +223,9 @@ def _load_dicom(path: Path) -> np.ndarray:
             image = _dicom_monochrome(ds, pixels)
             return 1.0 - image if photometric == "MONOCHROME1" else image
         return _dicom_colour(ds, pixels, photometric)
-    except (ValueError, NotImplementedError, AttributeError, KeyError, IndexError) as exc:
-        raise ImageDecodeError(path, f"invalid DICOM pixel module ({exc})") from exc
+    except (ValueError, TypeError, NotImplementedError, AttributeError, KeyError, IndexError) as exc:
+        # TypeError: e.g. a text WindowCenter or RescaleSlope reaching numpy arithmetic
+        raise ImageDecodeError(path, f"invalid DICOM pixel module ({exc.__class__.__name__})") from exc
 
 
 def _dicom_monochrome(ds: Any, pixels: np.ndarray) -> np.ndarray:
