@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 import radlens
@@ -140,6 +140,12 @@ def test_wrong_type_and_missing_or_damaged_checkpoints_are_refused(tmp_path: Pat
     config_path.write_text(json.dumps({**document, "embed_dim": "wide"}))
     with pytest.raises(InputError, match="invalid dual_encoder config: embed_dim"):
         load_checkpoint(tmp_path / "ckpt")
+    config_path.write_text(json.dumps(document))
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    save_file(load_file(str(weights)), str(weights), metadata={"tied": "{oops"})
+    for read in (load_checkpoint, model_fingerprint):
+        with pytest.raises(InputError, match="damaged tied-weight metadata"):
+            read(tmp_path / "ckpt")
     (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"not a tensor file")
     config_path.write_text(json.dumps(document))
     with pytest.raises(InputError, match="not a readable safetensors file"):

@@ -58,6 +58,8 @@ def test_output_shapes_and_sequence_layout() -> None:
     # The shorter text is padded: no query may attend to its padding tokens.
     pad = encoded["attention_mask"][0] == 0
     assert pad.any() and out.attentions[0][0][..., :length][..., pad].max() < 1e-6
+    with pytest.raises(InputError, match=r"image batch must be B×C×H×W, got shape \(1, 64, 96\)"):
+        model(encoded["input_ids"][:1], encoded["attention_mask"][:1], torch.rand(1, 64, 96))
 
 
 def test_itm_probability_and_skipping_mlm() -> None:

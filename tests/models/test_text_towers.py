@@ -69,6 +69,8 @@ def test_shorter_max_length_truncates_and_reports() -> None:
     batch = load_tokenizer().encode(["one two three four five", "one"], max_length=4)
     assert batch["truncated"].tolist() == [True, False]
     assert batch["input_ids"].shape == (2, 4)
+    with pytest.raises(InputError, match="encode got no texts"):
+        load_tokenizer().encode([])
 
 
 def test_tokenizer_is_the_offline_minilm_wordpiece() -> None:

@@ -254,7 +254,13 @@ def _read_tensors(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
         raise InputError(
             f"{weights} is not a readable safetensors file", "the checkpoint is damaged"
         ) from exc
-    return tensors, json.loads(metadata.get("tied", "{}"))
+    try:
+        aliases = json.loads(metadata.get("tied", "{}"))
+    except json.JSONDecodeError:
+        aliases = None
+    if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
+        raise InputError(f"{weights} has damaged tied-weight metadata", "the checkpoint is damaged")
+    return tensors, aliases
 
 
 def _check_shapes(folder: Path, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:

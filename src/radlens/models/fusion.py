@@ -443,6 +443,8 @@ class FusionModel(nn.Module):
         ``compute_itm=False`` (an MLM-only pass over masked text) leaves ``itm_logits`` ``None`` and, for
         an aligned model, skips the aligner's text tower.
         """
+        if pixel_values.ndim != 4:
+            raise InputError(f"image batch must be B×C×H×W, got shape {tuple(pixel_values.shape)}")
         if input_ids.shape[0] != pixel_values.shape[0]:
             raise InputError(
                 f"{input_ids.shape[0]} texts but {pixel_values.shape[0]} images in one batch",

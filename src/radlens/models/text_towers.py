@@ -101,6 +101,8 @@ class Tokenizer:
             raise InputError("encode takes a list of texts, got one string", "wrap it in a list")
         check_max_length(max_length)
         texts = list(texts)
+        if not texts:
+            raise InputError("encode got no texts", "pass at least one text")
         # Counting the untruncated length is a second pass over the text, but the fast tokenizer has
         # no cheaper way to say whether it cut a text.
         with quiet_transformers():  # silence "sequence longer than 512" for the counting pass
