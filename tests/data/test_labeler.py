@@ -95,6 +95,61 @@ def test_cue_scope(text: str, expected: dict[str, float]) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # after the mention: a copula or a clause end before/after the hedge
+        ("Pneumonia is unlikely.", {"Pneumonia": 0.0, "No Finding": 1.0}),
+        ("Pneumonia is considered unlikely.", {"Pneumonia": 0.0}),
+        ("Pneumonia is not likely.", {"Pneumonia": 0.0}),
+        ("Pneumothorax is not suspected.", {"Pneumothorax": 0.0}),
+        ("Effusion is doubtful.", {"Pleural Effusion": 0.0}),
+        ("Pneumonia unlikely.", {"Pneumonia": 0.0}),
+        ("Pneumonia is unlikely to be present.", {"Pneumonia": 0.0}),
+        ("Pneumonia is felt to be unlikely given the clinical history.", {"Pneumonia": 0.0}),
+        ("Effusion and pneumothorax are unlikely.", {"Pleural Effusion": 0.0, "Pneumothorax": 0.0}),
+        # before the mention: the subject is not negated
+        ("Opacity is unlikely to represent pneumonia.", {"Lung Opacity": 1.0, "Pneumonia": 0.0}),
+        ("It is unlikely that this represents pneumonia.", {"Pneumonia": 0.0}),
+        ("The opacity is not likely pneumonia.", {"Lung Opacity": 1.0, "Pneumonia": 0.0}),
+        ("Opacity, pneumonia unlikely.", {"Lung Opacity": 1.0, "Pneumonia": 0.0}),
+        ("Small effusion is not likely to be clinically significant.", {"Pleural Effusion": 1.0}),
+        # "less likely" stays uncertain (CheXpert's post-negation uncertainty rule)
+        ("Pneumonia is less likely.", {"Pneumonia": -1.0}),
+    ],
+)
+def test_hedged_negation(text: str, expected: dict[str, float]) -> None:
+    labels = label_report(text)
+    assert {name: labels[name] for name in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Pneumothorax: none.", {"Pneumothorax": 0.0, "No Finding": 1.0}),
+        ("Pleural effusion: none.", {"Pleural Effusion": 0.0}),
+        ("Pneumothorax: no.", {"Pneumothorax": 0.0}),
+        ("Effusion: absent.", {"Pleural Effusion": 0.0}),
+        ("Pneumothorax: negative.", {"Pneumothorax": 0.0}),
+        ("Pleural effusion: not seen.", {"Pleural Effusion": 0.0}),
+        ("Heart size: normal.", {"Cardiomegaly": 0.0}),
+        ("Pneumothorax: none. Effusion: small left.", {"Pneumothorax": 0.0, "Pleural Effusion": 1.0}),
+        ("Effusion: no change.", {"Pleural Effusion": 1.0}),  # not a bare answer: the colon still cuts
+        # headings still label what follows them
+        ("IMPRESSION: pneumothorax.", {"Pneumothorax": 1.0, "No Finding": None}),
+        ("FINDINGS: Small effusion.", {"Pleural Effusion": 1.0}),
+        (
+            "FINDINGS:\nPneumothorax: none.\nSmall left effusion.",
+            {"Pneumothorax": 0.0, "Pleural Effusion": 1.0},
+        ),
+        ("Notification: pneumothorax.", {"Pneumothorax": 1.0}),
+    ],
+)
+def test_colon_answers_and_headings(text: str, expected: dict[str, float | None]) -> None:
+    labels = label_report(text)
+    assert {name: labels[name] for name in expected} == expected
+
+
+@pytest.mark.parametrize(
     ("text", "value"),
     [
         ("Possible small effusion. Large left effusion.", 1.0),  # positive beats uncertain

@@ -15,9 +15,10 @@ Rules, in order:
    :func:`radlens.data.reports.parse_report` (findings + impression, else the text before the first
    heading), so the indication ("evaluate for pneumonia") never counts; when that is empty, the whole
    text. It is cleaned, split into sentences (:func:`split_sentences`) and lower-cased.
-2. **Scope.** Each sentence is cut into clauses at ``;``, ``:``, "but", "however", "although",
-   "though", "whereas", "except (for)", "with the exception of", "aside/apart from", "other than",
-   "otherwise"; before ", there is/are"; at a comma whose next segment has a verb and no
+2. **Scope.** Each sentence is cut into clauses at ``;``, ``:`` (not before a bare answer:
+   "Pneumothorax: none.", "Heart size: normal."), "but", "however", "although", "though", "whereas",
+   "except (for)", "with the exception of", "aside/apart from", "other than", "otherwise"; before
+   ", there is/are"; at a comma whose next segment has a verb (or "unlikely", "not likely"...) and no
    "and/or" before it ("No edema, the heart is enlarged"); and at " and " when both sides have a
    verb ("There is an effusion and the pneumothorax has resolved"). Cues act only inside their clause.
 3. **Mentions** (:data:`_MENTIONS`). *Findings* name an observation (with synonyms, plurals and
@@ -35,7 +36,11 @@ Rules, in order:
    ("could be withdrawn 2 cm"). Uncertainty phrases containing "not" ("cannot be excluded") are
    matched before negation. A qualifier ("concerning for", "suggestive of") after a negation belongs
    to the negated phrase ("no consolidation concerning for pneumonia": pneumonia 0). "Rule out" /
-   "r/o" are uncertain (CheXpert); so is "likely".
+   "r/o" are uncertain (CheXpert); so are "likely" and "less likely". *Hedged negation* ("unlikely",
+   "doubtful", "not likely", "not suspected") is a negation, as NegEx's "unlikely" (CheXpert's patterns
+   have no rule for it): after a copula or at a clause end it negates what precedes ("Pneumonia is
+   unlikely"), otherwise what follows ("opacity, unlikely to represent pneumonia"). A bare answer after
+   a colon ("Pneumothorax: none / no / negative") is a negation.
 5. **Value of a mention.** The *nearest* applicable negation or uncertainty cue decides: negation 0,
    uncertainty -1, none 1 ("No effusion, possible small pneumothorax": effusion 0, pneumothorax -1).
 6. **Aggregation** (CheXpert): per observation, positive beats uncertain beats negative across all
@@ -266,6 +271,22 @@ _MENTIONS: tuple[tuple[tuple[str, ...], str, tuple[str, ...]], ...] = (
 NEG, UNC, QUALIFIER, NORMAL, PSEUDO = "negation", "uncertainty", "qualifier", "normal", "pseudo"
 PRE, POST, BOTH = "pre", "post", "both"
 
+_COPULA_BEFORE = (  # a lookbehind: the cue follows a copula ("pneumonia is unlikely")
+    r"(?:(?<=\bis )|(?<=\bare )|(?<=\bwas )|(?<=\bwere )|(?<=\bbe )|(?<=\bremains )|(?<=\bremain )|"
+    r"(?<=\bappears )|(?<=\bappear )|(?<=\bseems )|(?<=\bseem ))"
+)
+_JUDGED = r"(?:(?:considered|felt|thought|deemed|believed)(?: to be)? )?"  # "is considered unlikely"
+#: What may follow "X is unlikely" for it to negate X: a clause end or an adverbial, never a noun ("the
+#: opacity is not likely pneumonia") nor "to"/"that" ("is unlikely to represent pneumonia").
+_HEDGE_END = (
+    r"(?= ?(?:[.,;:?!]|$)| (?:given|in|on|at|as|because|based|clinically|radiographically|from|with|"
+    r"considering|now|currently|today|here|anymore)\b)"
+)
+_UNLIKELY = (
+    r"(?:(?:(?:very|highly|quite|most|extremely) )?(?:unlikely|improbable|doubtful)"
+    r"|not (?:very |particularly |clinically |strongly )?(?:likely|probable|suspected|favou?red))"
+)
+
 #: (pattern, kind, direction) in matching priority: pseudo-cues and phrases containing other cues first.
 _CUES: tuple[tuple[str, str, str], ...] = (
     # pseudo-cues: consumed so that the cue words inside them do not act
@@ -298,6 +319,18 @@ _CUES: tuple[tuple[str, str, str], ...] = (
         PSEUDO,
         BOTH,
     ),
+    # hedged negation ("unlikely", "not likely", "doubtful", "not suspected"): a negation, as NegEx's
+    # "unlikely" [POST]; before the uncertainty cues, so "not likely" and "considered unlikely" are not
+    # read as "not" + "likely" or as "considered". After a copula, or at a clause end, it negates what it
+    # follows ("Pneumonia is unlikely", "pneumonia unlikely."); otherwise what comes after it
+    # ("opacity, unlikely to represent pneumonia": the opacity stays positive).
+    (
+        rf"{_COPULA_BEFORE}{_JUDGED}{_UNLIKELY}(?: to be (?:present|seen|identified))?{_HEDGE_END}",
+        NEG,
+        POST,
+    ),
+    (rf"{_JUDGED}{_UNLIKELY}(?= ?(?:[.,;:?!]|$))", NEG, POST),
+    (_UNLIKELY, NEG, PRE),
     # uncertainty written with negation words, before the negation cues
     (
         r"(?:can ?not|can't|could not|unable to|impossible to|not possible to) "
@@ -340,6 +373,11 @@ _CUES: tuple[tuple[str, str, str], ...] = (
         PRE,
     ),
     # negation
+    (  # a bare answer after a colon, "Pneumothorax: none." (such a colon does not end the clause)
+        r"(?:(?<=: )|(?<=:))(?:none|no|nil|negative)(?: (?:seen|identified))?(?= *(?:[.,;?!]|$))",
+        NEG,
+        POST,
+    ),
     (
         r"no longer(?: (?:seen|visible|visualized|present|evident|identified|appreciated|demonstrated|apparent))?",
         NEG,
@@ -534,11 +572,17 @@ _CLAUSE_WORDS = (
     r"(?:but|however,?|although|though|whereas|yet|except(?: for)?|with the exception of|aside from|"
     r"apart from|other than|otherwise) |(?=there (?:is|are|has|have|was|were)\b)"
 )
+# A colon ends a clause unless a bare answer follows it: "Pneumothorax: none.", "Heart size: normal."
+_COLON_ANSWER = (
+    r" *(?:none|no|nil|negative|absent|normal|unremarkable|clear|"
+    r"(?:none|not) (?:seen|identified|present))(?= *(?:[.,;?!]|$))"
+)
 # Every branch starts with a literal character, which ``re`` checks before trying the branch.
-_CLAUSE_BREAK = re.compile(rf";|:(?!\d)|, (?:{_CLAUSE_WORDS})| (?:{_CLAUSE_WORDS})")
+_CLAUSE_BREAK = re.compile(rf";|:(?!\d)(?!{_COLON_ANSWER})|, (?:{_CLAUSE_WORDS})| (?:{_CLAUSE_WORDS})")
 _VERB = re.compile(
     r"\b(?:is|are|was|were|has|have|had|appears?|remains?|persists?|seen|noted|demonstrated|identified|"
-    r"present|resolved|improved|worsened|increased|decreased|unchanged|terminates?|projects?|suggests?)\b"
+    r"present|resolved|improved|worsened|increased|decreased|unchanged|terminates?|projects?|suggests?|"
+    r"unlikely|doubtful|improbable|not (?:likely|suspected))\b"  # "opacity, pneumonia unlikely": two clauses
 )
 _LIST_BEFORE_VERB = re.compile(r"^(?:(?:and|or|nor) |[^,]*?\b(?:or|nor|and)\b)")
 
