@@ -5,7 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from radlens.core import InputError, atomic_directory, atomic_write_text, prepare_output_dir
+from radlens.core import (
+    InputError,
+    atomic_directory,
+    atomic_write_file,
+    atomic_write_text,
+    prepare_output_dir,
+)
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path: Path) -> None:
@@ -29,6 +35,31 @@ def test_atomic_directory_success_and_failure(tmp_path: Path) -> None:
     with atomic_directory(out) as tmp:
         (tmp / "done.txt").write_text("y")
     assert (out / "done.txt").read_text() == "y"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_outputs_get_the_modes_plain_open_and_mkdir_would(tmp_path: Path, umask: int) -> None:
+    """mkstemp / mkdtemp make 0600 files and 0700 folders: a checkpoint or index another user (a web
+    server) must read would be unreadable to it."""
+    previous = os.umask(umask)
+    try:
+        with atomic_directory(tmp_path / "folder") as tmp:
+            (tmp / "inner.txt").write_text("x")
+        written = atomic_write_file(tmp_path / "blob.bin", lambda tmp: tmp.write_bytes(b"abc"))
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o777 & ~umask
+    assert written.read_bytes() == b"abc" and written.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_atomic_write_file_removes_the_temporary_file_on_failure(tmp_path: Path) -> None:
+    def fail(tmp: Path) -> None:
+        tmp.write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_file(tmp_path / "out.bin", fail)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_atomic_directory_refuses_non_empty_without_overwrite(tmp_path: Path) -> None:

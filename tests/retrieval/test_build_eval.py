@@ -4,6 +4,7 @@ numbers are ``retrieval_report`` of the model's embeddings; its files; the fusio
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -149,6 +150,56 @@ def test_fusion_table(tiny: World, tmp_path: Path) -> None:
     assert row.itm_loss > 0 and row.mlm_loss > 0
     assert json.loads((tmp_path / "fusion.json").read_text())[0]["strategy"] == "NE"
     assert "| NE |" in out.with_suffix(".md").read_text()
+
+
+def test_fusion_table_never_replaces_the_results(tiny: World, tmp_path: Path) -> None:
+    out = tmp_path / "fusion.json"  # the name the fusion table gets beside results.json
+    result = evaluate_retrieval(tiny.index, tiny.dual, split="train", out=out, fusion=[tiny.fusion])
+    table = tmp_path / "fusion_fusion.json"
+    assert out in result.files and table in result.files
+    assert set(json.loads(out.read_text())) == {"image_to_text", "text_to_image"}
+    assert json.loads(table.read_text())[0]["strategy"] == "NE"
+    assert (tmp_path / "fusion.md").is_file() and (tmp_path / "fusion_config.yaml").is_file()
+
+
+def test_bad_out_is_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # No index or model exists at these paths: the --out check must come first.
+    nowhere, no_model = tmp_path / "no-index", tmp_path / "no-model"
+    (tmp_path / "plain").write_text("")
+    (tmp_path / "script").write_text("")
+    (tmp_path / "script").chmod(0o755)  # an executable file among the parents
+    (tmp_path / "results.md").mkdir()
+    cases = [
+        (tmp_path / "plain" / "r.json", r"output path .*plain is a file"),
+        (tmp_path / "script" / "sub" / "r.json", r"output path .*script is a file"),
+        (tmp_path / "versions.json", "overwritten by this run's versions.json"),
+        (tmp_path / "results.json", r"output path .*results\.md is a folder"),
+    ]
+    for out, message in cases:
+        with pytest.raises(InputError, match=message) as caught:
+            evaluate_retrieval(nowhere, no_model, out=out)
+        assert "\n" not in str(caught.value)
+    assert not (tmp_path / "versions.json").exists() and not (tmp_path / "results.json").exists()
+    denied = tmp_path / "denied"
+    denied.mkdir()
+    denied = denied.resolve()
+    real_access = os.access  # chmod alone cannot deny root, so deny through os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != denied and real_access(path, mode))
+    with pytest.raises(InputError, match=r"cannot write to .*denied"):
+        evaluate_retrieval(nowhere, no_model, out=denied / "new" / "r.json")
+
+
+@pytest.mark.parametrize("name", ["index.json", "results.json"])
+def test_out_inside_the_index_folder_is_refused(tiny: World, tmp_path: Path, name: str) -> None:
+    index = tmp_path / "index"
+    shutil.copytree(tiny.index, index)
+    before = {path.name: path.read_bytes() for path in index.iterdir()}
+    with pytest.raises(InputError, match="inside an index folder"):
+        evaluate_retrieval(index, tiny.dual, split=None, out=index / name)
+    with pytest.raises(InputError, match="inside an index folder"):  # another index's folder too
+        evaluate_retrieval(tiny.index, tiny.dual, split=None, out=index / name)
+    assert {path.name: path.read_bytes() for path in index.iterdir()} == before
+    RetrievalIndex.open(index)
 
 
 def test_fusion_strategy_comes_from_the_checkpoint_or_its_run(tiny: World, tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +115,31 @@ def test_ivf_defaults_and_nprobe() -> None:
         index.search(base[:2], 0)
 
 
+@pytest.mark.parametrize(
+    ("kind", "params", "message"),
+    [
+        ("hnsw", {"m": 0}, "m must be a whole number of at least 2, got 0"),  # FAISS would abort
+        ("hnsw", {"m": 1}, "m must be a whole number of at least 2, got 1"),  # FAISS would segfault
+        ("hnsw", {"m": 8.5}, "m must be a whole number of at least 2, got 8.5"),
+        ("hnsw", {"ef_construction": 0}, "ef_construction must be a whole number of at least 1, got 0"),
+        ("hnsw", {"ef_search": 0}, "ef_search must be a whole number of at least 1, got 0"),
+        ("ivf", {"nprobe": 0}, "nprobe must be a whole number of at least 1, got 0"),
+        ("ivf", {"nprobe": -3}, "nprobe must be a whole number of at least 1, got -3"),
+    ],
+)
+def test_bad_build_parameters_are_refused_before_faiss(kind: str, params: dict, message: str) -> None:
+    base = _normalise(np.random.default_rng(6).normal(size=(100, DIM)))
+    with pytest.raises(InputError, match=re.escape(message)):
+        VectorIndex.build(base, kind, **params)  # type: ignore[arg-type]
+
+
+def test_smallest_valid_build_parameters_search() -> None:
+    base = _normalise(np.random.default_rng(6).normal(size=(100, DIM)))
+    for kind, params in (("hnsw", {"m": 2, "ef_construction": 1, "ef_search": 1}), ("ivf", {"nprobe": 1})):
+        ids = VectorIndex.build(base, kind, **params).search(base[:3], 5)[1]  # type: ignore[arg-type]
+        assert (ids >= 0).all() and ids.shape == (3, 5)
+
+
 def test_short_approximate_results_are_filled_exactly() -> None:
     # 5 IVF lists of ~40 rows and nprobe=1: FAISS alone finds < 100 rows; the exact fallback fills them.
     rng = np.random.default_rng(4)
@@ -198,6 +225,28 @@ def test_load_missing_and_corrupt_files(tmp_path: Path) -> None:
         VectorIndex.load(tmp_path / "l2.faiss")
 
 
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
+def test_saved_files_get_the_umask_mode(tmp_path: Path, umask: int, mode: int) -> None:
+    """.faiss files get the permissions a plain open() gives, like the index's other files."""
+    vectors = np.ones((5, 4), dtype=np.float32)
+    previous = os.umask(umask)
+    try:
+        VectorIndex.build(vectors).save(tmp_path / "one.faiss")
+        RetrievalIndex.create(
+            tmp_path / "index",
+            vectors,
+            vectors,
+            [{"study_id": f"s{i}"} for i in range(5)],
+            "fp",
+            "dual_encoder",
+        )
+    finally:
+        os.umask(previous)
+    for path in (tmp_path / "one.faiss", tmp_path / "index" / IMAGES_FILE, tmp_path / "index" / TEXTS_FILE):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path.name
+    assert stat.S_IMODE((tmp_path / "index" / METADATA_FILE).stat().st_mode) == mode
+
+
 # ---- RetrievalIndex ----------------------------------------------------------------------------
 
 
@@ -268,13 +317,15 @@ def test_labels_matrix_follows_the_metadata_rows(built: Path) -> None:
 def test_create_accepts_label_arrays_and_numpy_values(tmp_path: Path, vectors: tuple) -> None:
     labels = np.full((60, 14), np.nan)
     labels[3, CHEXPERT_LABELS.index("Edema")] = 1.0
-    rows = [{"study_id": np.str_(f"s{i}"), "labels": labels[i], "age": np.int64(i)} for i in range(60)]
+    rows = [{"study_id": np.str_(f"s{i}"), "labels": labels[i], "age": np.int64(i)} for i in range(59)]
+    rows.append({"study_id": np.int64(59), "labels": None})  # a numeric study id is stored as text
     index = RetrievalIndex.create(tmp_path / "i", vectors[0], vectors[1], rows, "fp", "dual_encoder")
     reopened = RetrievalIndex.open(tmp_path / "i")
     assert reopened.rows[3]["labels"]["Edema"] == 1.0 and reopened.rows[3]["age"] == 3
     assert reopened.rows[0]["labels"]["Edema"] is None  # NaN (not mentioned) is stored as null
     hits = reopened.search_text_vectors(vectors[1][:1], k=5, filters=SearchFilter(positive=("Edema",)))
     assert [hit["row"] for hit in hits[0]] == [3] and index.rows[3]["study_id"] == "s3"
+    assert reopened.rows[59]["study_id"] == "59"
 
 
 def test_open_and_search_both_directions(built: Path, vectors: tuple) -> None:
@@ -337,6 +388,9 @@ def test_fingerprint_mismatch_is_refused(built: Path) -> None:
     )
 
 
+_OK_ROW = b'{"study_id": "s0", "labels": {}}\n'
+
+
 @pytest.mark.parametrize(
     ("name", "damage", "expected"),
     [
@@ -349,6 +403,11 @@ def test_fingerprint_mismatch_is_refused(built: Path) -> None:
             b'{"study_id": "s0", "labels": {}}\n{"study_id": "s1", "lab',
             "line 2 is not a metadata row",
         ),
+        # 60 rows, one without a usable study_id: search would fail on it later (KeyError 'study_id').
+        (METADATA_FILE, _OK_ROW * 59 + b'{"labels": {}}\n', "line 60 is not a metadata row"),
+        (METADATA_FILE, b'{"study_id": "", "labels": {}}\n' + _OK_ROW * 59, "line 1 is not a metadata row"),
+        (METADATA_FILE, _OK_ROW + b'{"study_id": 7, "labels": {}}\n' + _OK_ROW * 58, "line 2 is not"),
+        (METADATA_FILE, b'{"study_id": null, "labels": {}}\n' + _OK_ROW * 59, "line 1 is not a metadata row"),
         (METADATA_FILE, b'{"study_id": "s0", "labels": {}}\n', "holds 60 vectors"),
         (METADATA_FILE, b"\xff\xfe\x00", "not UTF-8"),
         (METADATA_FILE, b'{"study_id": "s0", "labels": {"Edema": "yes"}}\n' * 60, "invalid labels"),
@@ -384,6 +443,7 @@ def test_create_refuses_bad_input_and_writes_nothing(tmp_path: Path, vectors: tu
         ((images, texts, _rows(59)), "59 metadata rows for 60 embeddings"),
         ((images, texts[:, :8], _rows(60)), "differ in shape"),
         ((images, texts, [{**row, "study_id": ""} for row in _rows(60)]), "row 0 has no study_id"),
+        ((images, texts, [{**row, "study_id": ["s"]} for row in _rows(60)]), "row 0 has a study_id that"),
         ((images, texts, [{**row, "labels": {"Oedema": 1}} for row in _rows(60)]), "unknown label"),
         ((images, texts, [{**row, "labels": [1.0] * 13} for row in _rows(60)]), "has 13 labels"),
         ((images, texts, [{**row, "labels": {"Edema": 2}} for row in _rows(60)]), "not one of 1, 0, -1"),

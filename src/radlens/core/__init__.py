@@ -5,7 +5,13 @@ Public names only; the rest of radlens imports from here, never from the private
 
 from radlens.core.config import Config, load_config, read_config_file, write_run_metadata
 from radlens.core.errors import InputError, RadlensError
-from radlens.core.io import atomic_directory, atomic_write_bytes, atomic_write_text, prepare_output_dir
+from radlens.core.io import (
+    atomic_directory,
+    atomic_write_bytes,
+    atomic_write_file,
+    atomic_write_text,
+    prepare_output_dir,
+)
 from radlens.core.progress import is_quiet, progress, set_quiet
 from radlens.core.versions import collect_versions
 
@@ -15,6 +21,7 @@ __all__ = [
     "RadlensError",
     "atomic_directory",
     "atomic_write_bytes",
+    "atomic_write_file",
     "atomic_write_text",
     "collect_versions",
     "is_quiet",

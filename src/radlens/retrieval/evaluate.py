@@ -15,8 +15,9 @@ with random (R) negatives as a yardstick common to every row — and MLM accurac
 masking. Everything is seeded.
 
 Outputs: ``results.json`` (top-level keys exactly ``image_to_text`` and ``text_to_image``),
-``results.md`` (Markdown tables) beside it, ``fusion.json`` when fusion checkpoints are given, and
-``results_config.yaml`` + ``versions.json``.
+``results.md`` (Markdown tables) beside it, ``fusion.json`` when fusion checkpoints are given
+(``NAME_fusion.json`` for an output named other than ``results.json``), and ``results_config.yaml`` +
+``versions.json``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from radlens.data.schema import ImageRecord, StudyRecord
 from radlens.data.transforms import ResizePolicy
 from radlens.metrics.retrieval import retrieval_report
 from radlens.retrieval._embedder import load_embedder
-from radlens.retrieval.index import RetrievalIndex, SearchFilter
+from radlens.retrieval.index import INFO_FILE, METADATA_FILE, RetrievalIndex, SearchFilter
 from radlens.train.negatives import STRATEGIES, NegativeSampler, Strategy
 
 
@@ -96,11 +97,10 @@ def evaluate_retrieval(
     ``"all"``: all rows); the fusion models on ``fusion_split`` (likewise).
 
     ``pool`` evaluates a seeded random subset of that many studies. ``out`` is the ``results.json``
-    path; ``results.md`` (and ``fusion.json``) are written beside it.
+    path; ``results.md`` (and ``fusion.json``, see :func:`fusion_path`) are written beside it.
     """
     target = Path(out)
-    if target.suffix.lower() != ".json" or target.is_dir():
-        raise InputError(f"--out {target} is not a .json file path", "pass e.g. --out results.json")
+    _check_output(target, Path(index_dir), bool(fusion))
     if pool is not None and pool < 2:
         raise InputError(f"the pool must hold at least 2 studies, got {pool}")
     index = RetrievalIndex.open(index_dir)
@@ -245,6 +245,57 @@ def evaluate_fusion(
 # --- output -----------------------------------------------------------------------------------------------
 
 
+def fusion_path(target: Path) -> Path:
+    """Where the fusion table goes for results file ``target``: ``fusion.json`` beside ``results.json``
+    (the documented name), ``NAME_fusion.json`` beside any other ``NAME.json``, so it never replaces
+    the results."""
+    name = "fusion.json" if target.stem == "results" else f"{target.stem}_fusion.json"
+    return target.with_name(name)
+
+
+def _output_paths(target: Path, with_fusion: bool) -> list[Path]:
+    """Every file one run writes for results file ``target`` (:func:`_write` writes exactly these)."""
+    paths = [target, target.with_suffix(".md")]
+    if with_fusion:
+        paths.append(fusion_path(target))
+    return [*paths, target.with_name(f"{target.stem}_config.yaml"), target.with_name("versions.json")]
+
+
+def _check_output(target: Path, index_dir: Path, with_fusion: bool) -> None:
+    """Refuse, before any work, an ``--out`` that cannot be written or whose files would replace
+    each other or the index's own files."""
+    if target.suffix.lower() != ".json" or target.is_dir():
+        raise InputError(f"--out {target} is not a .json file path", "pass e.g. --out results.json")
+    # The folder the files go in, or the nearest existing folder above it that it will be made in.
+    # (core's prepare_output_dir checks the folder *above* an output folder, for creating one.)
+    probe = target.parent.resolve()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"output path {probe} is a file", "choose a folder path for --out")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write to {probe}", "choose an --out location you can write to")
+    paths = _output_paths(target, with_fusion)
+    names = [path.name for path in paths]
+    if len(set(names)) < len(names):
+        clash = next(name for name in names if names.count(name) > 1)
+        raise InputError(
+            f"--out {target} would be overwritten by this run's {clash}", "pass e.g. --out results.json"
+        )
+    folder = target.parent.resolve()
+    if folder == index_dir.resolve() or (
+        (folder / INFO_FILE).is_file() and (folder / METADATA_FILE).is_file()
+    ):
+        # This run's versions.json (at least) would replace the index's own.
+        raise InputError(
+            f"--out {target} is inside an index folder; the results would replace the index's files",
+            "write the results outside the index folder, e.g. --out results.json",
+        )
+    for path in paths:
+        if path.is_dir():
+            raise InputError(f"output path {path} is a folder", "choose another --out name or location")
+
+
 def _write(
     target: Path,
     report: dict[str, dict[str, float]],
@@ -260,9 +311,7 @@ def _write(
     )
     if fusion:
         document = [row.__dict__ for row in fusion]
-        files.append(
-            atomic_write_text(target.with_name("fusion.json"), json.dumps(document, indent=2) + "\n")
-        )
+        files.append(atomic_write_text(fusion_path(target), json.dumps(document, indent=2) + "\n"))
     write_run_metadata(target.parent, config, name=f"{target.stem}_config")
     return files
 

@@ -17,11 +17,9 @@ and it is never logged or printed by this module.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,7 +30,7 @@ import faiss
 import numpy as np
 
 from radlens.core.errors import InputError
-from radlens.core.io import atomic_directory
+from radlens.core.io import atomic_directory, atomic_write_file
 from radlens.core.versions import collect_versions
 from radlens.data.schema import CHEXPERT_LABELS, POSITIVE, ImageRecord, StudyRecord, normalize_label
 
@@ -108,6 +106,14 @@ class VectorIndex:
         """
         if kind not in INDEX_KINDS:
             raise InputError(f"unknown index kind {kind!r}", f"choose one of {', '.join(INDEX_KINDS)}")
+        # Checked before FAISS sees them: HNSW m < 2 aborts or crashes the process inside FAISS, and an
+        # IVF nprobe of 0 builds an index whose every search fails.
+        if kind == "hnsw":
+            _check_at_least("m", m, 2)
+            _check_at_least("ef_construction", ef_construction, 1)
+            _check_at_least("ef_search", ef_search, 1)
+        elif kind == "ivf":
+            _check_at_least("nprobe", nprobe, 1)
         data = _as_matrix(vectors, "vectors")
         count, dim = data.shape
         index: faiss.Index
@@ -241,18 +247,7 @@ class VectorIndex:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the index to the file ``path`` (via a temporary sibling and an atomic rename)."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            faiss.write_index(self.index, tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        return target
+        return atomic_write_file(path, lambda tmp: faiss.write_index(self.index, str(tmp)))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> VectorIndex:
@@ -268,6 +263,12 @@ class VectorIndex:
         if kind is None or index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise InputError(f"index file {source} holds an index type radlens does not use", _REBUILD_HINT)
         return cls(index, kind)
+
+
+def _check_at_least(name: str, value: Any, minimum: int) -> None:
+    """:class:`InputError` unless ``value`` is a whole number (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise InputError(f"{name} must be a whole number of at least {minimum}, got {value!r}")
 
 
 def _kind_of(index: faiss.Index) -> IndexKind | None:
@@ -347,7 +348,11 @@ def _normalise_row(row: Mapping[str, Any], number: int) -> dict[str, Any]:
     """A JSON-ready copy of a metadata row with ``labels`` as a full name → 1/0/-1/None mapping."""
     if not isinstance(row, Mapping) or not row.get("study_id"):
         raise InputError(f"metadata row {number} has no study_id", "give every row a study_id")
+    study_id = row["study_id"]
+    if isinstance(study_id, bool) or not isinstance(study_id, str | int | np.integer):
+        raise InputError(f"metadata row {number} has a study_id that is not text or a whole number")
     clean = {key: str(value) if isinstance(value, os.PathLike) else value for key, value in row.items()}
+    clean["study_id"] = str(study_id)  # stored as text: reading an index requires a text study_id
     raw = clean.get("labels")
     if raw is None:
         raw = {}
@@ -598,7 +603,12 @@ def _read_metadata(path: Path) -> list[dict[str, Any]]:
             for number, line in enumerate(handle, start=1):  # noqa: B007 (number is used on failure)
                 if line.strip():
                     row = json.loads(line)
-                    if not isinstance(row, dict) or not isinstance(row.get("labels"), dict):
+                    if (
+                        not isinstance(row, dict)
+                        or not isinstance(row.get("labels"), dict)
+                        or not isinstance(row.get("study_id"), str)
+                        or not row["study_id"]
+                    ):
                         raise ValueError("not a metadata row")
                     rows.append(row)
     except UnicodeDecodeError as exc:
