@@ -25,7 +25,7 @@ from radlens.models.checkpoint import (
     save_checkpoint,
 )
 from radlens.models.dual_encoder import DualEncoder, DualEncoderConfig
-from radlens.models.fusion import FusionConfig, FusionModel
+from radlens.models.fusion import FusionConfig, FusionModel, aligned_fusion_config
 
 TEXTS = ["small left pleural effusion", "no acute cardiopulmonary process"]
 
@@ -249,3 +249,51 @@ def test_a_classifier_checkpoint_loads_through_radlens_models_alone(tmp_path: Pa
     done = subprocess.run([sys.executable, "-c", script, folder, io_file], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "CheXpertClassifier"
+
+
+def _strip_normalization(folder: Path) -> None:
+    """Make ``folder``'s config.json look as radlens 0.1 wrote it: no ``image_normalization`` anywhere."""
+    path = folder / "config.json"
+    document = json.loads(path.read_text())
+    document.pop("image_normalization")
+    if isinstance(document.get("aligner"), dict):
+        document["aligner"].pop("image_normalization")
+    path.write_text(json.dumps(document))
+
+
+def test_checkpoints_from_before_the_normalisation_fix_load_unchanged(tmp_path: Path) -> None:
+    """radlens 0.1 fed the pretrained EfficientNet-Lite0 ImageNet mean/std; its checkpoints keep that."""
+    torch.manual_seed(0)
+    old = CheXpertClassifier(ClassifierConfig(image_size=64, image_normalization="imagenet")).eval()
+    save_checkpoint(old, tmp_path / "classifier")
+    _strip_normalization(tmp_path / "classifier")
+    loaded = load_checkpoint(tmp_path / "classifier")
+    assert loaded.config.image_normalization == "imagenet"
+    # Its fingerprint is computed as radlens 0.1 computed it (no such field), so its indexes still open.
+    legacy = json.loads((tmp_path / "classifier" / "config.json").read_text())
+    legacy = {key: value for key, value in legacy.items() if key not in ("radlens_version", "extra")}
+    assert checkpoint._canonical_config("chexpert_classifier", loaded.config) == json.dumps(
+        legacy, sort_keys=True
+    )
+    assert "image_normalization" in checkpoint._canonical_config("chexpert_classifier", ClassifierConfig())
+    pixels = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixels), old(pixels))
+        new = CheXpertClassifier(ClassifierConfig(image_size=64), load_pretrained=False).eval()
+        new.load_state_dict(old.state_dict())
+        assert not torch.allclose(new(pixels), old(pixels))  # the new default really differs
+
+    dual = _dual(
+        image_tower="efficientnet_lite0", pretrained=True, image_normalization="imagenet", image_size=64
+    )
+    fusion = FusionModel(aligned_fusion_config(_fusion().config, dual.config))
+    fusion.load_aligner(dual)
+    save_checkpoint(fusion.eval(), tmp_path / "fusion")
+    _strip_normalization(tmp_path / "fusion")
+    loaded_fusion = load_checkpoint(tmp_path / "fusion")
+    assert loaded_fusion.config.aligner.image_normalization == "imagenet"
+    texts = loaded_fusion.tokenize(TEXTS)
+    with torch.no_grad():
+        expected = fusion(texts["input_ids"], texts["attention_mask"], pixels, compute_mlm=False).itm_logits
+        got = loaded_fusion(texts["input_ids"], texts["attention_mask"], pixels, compute_mlm=False).itm_logits
+    torch.testing.assert_close(got, expected)

