@@ -57,9 +57,15 @@ def test_text_search_returns_the_retrievers_ranking(client: Any, retriever: Any)
     scores = [h["score"] for h in hits]
     assert scores == sorted(scores, reverse=True)
     np.testing.assert_allclose(scores, [h.score for h in expected], rtol=1e-6)
+    rows = _rows(retriever)
     for hit, row in zip(hits, expected, strict=True):
         assert hit["positive"] == [name for name, value in row.labels.items() if value == 1]
-        assert hit["thumbnail_url"] == f"/api/images/{row.image_id}?size=thumb"
+        assert hit["impression"] == row.impression
+        indexed = rows[hit["row"]]  # the hit's row is the index row it came from
+        assert (indexed["study_id"], indexed["image_id"]) == (row.study_id, row.image_id)
+        assert hit["thumbnail_url"] == f"/api/images/{hit['row']}?size=thumb"
+        assert hit["image_url"] == f"/api/images/{hit['row']}"
+        assert hit["study_url"] == f"/api/studies/{hit['row']}"
 
 
 @pytest.mark.parametrize(
@@ -135,21 +141,29 @@ def test_validation_errors_do_not_echo_the_input(client: Any) -> None:
 
 def test_study_detail_matches_the_index(client: Any, retriever: Any) -> None:
     row = _rows(retriever)[5]
-    response = client.get(f"/api/studies/{row['study_id']}")
+    response = client.get("/api/studies/5")
     assert response.status_code == 200
     body = response.json()
+    assert body["study_id"] == row["study_id"]
     assert body["report"] == row["report"]
     assert body["findings"] == row["findings"] and body["impression"] == row["impression"]
     assert body["positive"] == [name for name in CHEXPERT_LABELS if row["labels"][name] == 1]
     assert [image["image_id"] for image in body["images"]] == [row["image_id"]]
-    assert body["images"][0]["url"] == f"/api/images/{row['image_id']}"
+    assert [image["row"] for image in body["images"]] == [5]
+    assert body["images"][0]["url"] == "/api/images/5"
 
 
-def test_unknown_ids_are_404(client: Any) -> None:
-    for path in ("/api/studies/99999999", "/api/images/0000-not-indexed", "/api/images/0000?size=thumb"):
+def test_unknown_rows_are_404_and_non_rows_422(client: Any, retriever: Any) -> None:
+    past = len(retriever)
+    for path in (f"/api/studies/{past}", f"/api/images/{past}", "/api/images/99999999?size=thumb"):
         response = client.get(path)
         assert response.status_code == 404, path
         assert response.json()["detail"]
+    image_id = _rows(retriever)[0]["image_id"]  # ids are not keys: only row numbers are
+    for path in (f"/api/images/{image_id}", "/api/studies/-1", "/api/images/1.5", "/api/images/0x1"):
+        response = client.get(path)
+        assert response.status_code == 422, path
+        assert _errors(response) == ["row"]
 
 
 TRAVERSALS = [
@@ -174,19 +188,17 @@ def test_path_traversal_attempts_are_refused(client: Any, path: str) -> None:
     assert "root:" not in response.text
 
 
-def test_path_traversal_through_an_indexed_id_is_refused(client: Any, retriever: Any) -> None:
-    image_id = _rows(retriever)[0]["image_id"]
-    response = client.get(f"/api/images/{image_id}%2F..%2F..%2F..%2Fetc%2Fpasswd")
+def test_path_traversal_through_an_indexed_row_is_refused(client: Any) -> None:
+    response = client.get("/api/images/0%2F..%2F..%2F..%2Fetc%2Fpasswd")
     assert response.status_code in (404, 422)
-    assert client.get(f"/api/images/{image_id}?size=../../etc/passwd").status_code == 422
+    assert client.get("/api/images/0?size=../../etc/passwd").status_code == 422
 
 
 def test_images_are_the_indexed_pixels_as_png(client: Any, retriever: Any) -> None:
-    image_id = _rows(retriever)[2]["image_id"]
-    response = client.get(f"/api/images/{image_id}")
+    response = client.get("/api/images/2")
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
     served = np.asarray(Image.open(io.BytesIO(response.content)))
-    expected = np.round(load_image(retriever.image_path(image_id)) * 255).astype(np.uint8)
+    expected = np.round(load_image(_rows(retriever)[2]["image_path"]) * 255).astype(np.uint8)
     np.testing.assert_array_equal(served, expected)
 
 
@@ -194,10 +206,9 @@ def test_thumbnails_are_small_and_cached(app: Any, client: Any, retriever: Any) 
     from radlens.web._images import ImageStore
 
     store: ImageStore = app.state.service.images
-    image_id = _rows(retriever)[3]["image_id"]
-    first = client.get(f"/api/images/{image_id}?size=thumb")
+    first = client.get("/api/images/3?size=thumb")
     hits_before = store._render.cache_info().hits
-    second = client.get(f"/api/images/{image_id}?size=thumb")
+    second = client.get("/api/images/3?size=thumb")
     assert first.status_code == second.status_code == 200
     assert first.content == second.content
     assert store._render.cache_info().hits == hits_before + 1
@@ -211,13 +222,14 @@ def _explain(client: Any, **body: Any) -> Any:
 
 @pytest.mark.parametrize("method", EXPLAIN_METHODS)
 def test_explain_gives_a_heatmap_and_word_scores(client: Any, retriever: Any, method: str) -> None:
-    hit = retriever.search_text(QUERY, k=1)[0]
-    response = _explain(client, text=QUERY, image_id=hit.image_id, method=method)
+    hit = client.post("/api/search", json={"text": QUERY, "k": 1}).json()["results"][0]
+    response = _explain(client, text=QUERY, row=hit["row"], method=method)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["text_source"] == "query" and body["text"] == QUERY
+    assert (body["row"], body["image_id"]) == (hit["row"], hit["image_id"])
     # The explained score is the similarity the search ranked by.
-    assert body["score"] == pytest.approx(hit.score, abs=1e-4)
+    assert body["score"] == pytest.approx(hit["score"], abs=1e-4)
     prefix = "data:image/png;base64,"
     assert body["heatmap_png"].startswith(prefix)
     heatmap = Image.open(io.BytesIO(base64.b64decode(body["heatmap_png"][len(prefix) :])))
@@ -232,7 +244,7 @@ def test_explain_gives_a_heatmap_and_word_scores(client: Any, retriever: Any, me
 
 def test_explain_without_text_uses_the_images_report(client: Any, retriever: Any) -> None:
     row = _rows(retriever)[7]
-    body = _explain(client, image_id=row["image_id"]).json()
+    body = _explain(client, row=7).json()
     assert body["text_source"] == "report" and body["text"] == row["report"]
     words = [row["report"][w["start"] : w["end"]] for w in body["words"]]
     assert words and all(word.strip() and word in row["report"] for word in words)
@@ -242,7 +254,7 @@ def test_explain_without_text_uses_the_images_report(client: Any, retriever: Any
 
 def test_explain_reports_truncated_text(client: Any, retriever: Any) -> None:
     text = " ".join(["effusion"] * 60)  # more than the model's 32 tokens
-    body = _explain(client, text=text, image_id=_rows(retriever)[0]["image_id"]).json()
+    body = _explain(client, text=text, row=0).json()
     assert body["truncated"] is True
     assert 0 < len(body["words"]) < 60
     assert body["words"][-1]["end"] < len(text)
@@ -251,11 +263,15 @@ def test_explain_reports_truncated_text(client: Any, retriever: Any) -> None:
 @pytest.mark.parametrize(
     ("body", "status", "fields"),
     [
-        ({"text": QUERY, "image_id": "does-not-exist"}, 404, None),
-        ({"text": QUERY, "image_id": "../../etc/passwd"}, 422, ["image_id"]),
-        ({"text": QUERY}, 422, ["image_id"]),
-        ({"text": "x" * 2001, "image_id": "a"}, 422, ["text"]),
-        ({"text": QUERY, "image_id": "a", "method": "lime"}, 422, ["method"]),
+        ({"text": QUERY, "row": 24}, 404, None),
+        ({"text": QUERY, "row": 99999999}, 404, None),
+        ({"text": QUERY, "row": "../../etc/passwd"}, 422, ["row"]),
+        ({"text": QUERY, "row": -1}, 422, ["row"]),
+        ({"text": QUERY, "row": 1.5}, 422, ["row"]),
+        ({"text": QUERY}, 422, ["row"]),
+        ({"text": QUERY, "image_id": "a"}, 422, ["row", "image_id"]),
+        ({"text": "x" * 2001, "row": 0}, 422, ["text"]),
+        ({"text": QUERY, "row": 0, "method": "lime"}, 422, ["method"]),
     ],
 )
 def test_explain_errors(client: Any, body: dict, status: int, fields: list[str] | None) -> None:
@@ -266,8 +282,7 @@ def test_explain_errors(client: Any, body: dict, status: int, fields: list[str] 
 
 
 def test_explain_with_a_real_image_and_a_bad_method_names_the_method(client: Any, retriever: Any) -> None:
-    image_id = _rows(retriever)[0]["image_id"]
-    response = _explain(client, text=QUERY, image_id=image_id, method="occlusion")
+    response = _explain(client, text=QUERY, row=0, method="occlusion")
     assert response.status_code == 422 and _errors(response) == ["method"]
 
 
@@ -284,8 +299,8 @@ def test_openapi_document_lists_every_endpoint(client: Any) -> None:
     assert {
         "/api/search",
         "/api/search/image",
-        "/api/studies/{study_id}",
-        "/api/images/{image_id}",
+        "/api/studies/{row}",
+        "/api/images/{row}",
         "/api/explain",
         "/api/health",
         "/api/options",

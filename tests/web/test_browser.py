@@ -179,3 +179,18 @@ def test_errors_are_shown_in_plain_words(page: Page, retriever: Any, tmp_path: P
     expect(page.locator(".card")).to_have_count(0)
     expect(page.locator("#error")).to_be_hidden()
     _shot(page, "08-no-results")
+
+
+def test_word_highlights_stay_on_their_words_after_an_emoji(page: Page) -> None:
+    """The API's word offsets count code points; the page must not slice UTF-16 units with them (an
+    emoji is two units, so every later highlight would start one unit early: " lef" for "left")."""
+    query = "🙂 left pleural effusion"
+    page.fill("#query", query)
+    page.click("#search-button")
+    page.locator(".card").first.click()
+    expect(page.locator("#overlay")).to_have_attribute("src", re.compile(r"^data:image/png;base64,"))
+    marks = page.locator("#query-words mark")
+    expect(marks.last).to_have_text("effusion")
+    shaded = marks.all_inner_texts()
+    assert [word for word in shaded if word != "🙂"] == ["left", "pleural", "effusion"], shaded
+    expect(page.locator("#query-words")).to_have_text(query)  # nothing lost or doubled between the marks

@@ -19,8 +19,8 @@ OPERATIONS = [
     ("GET", "/api/options"),
     ("POST", "/api/search"),
     ("POST", "/api/search/image"),
-    ("GET", "/api/studies/{study_id}"),
-    ("GET", "/api/images/{image_id}"),
+    ("GET", "/api/studies/{row}"),
+    ("GET", "/api/images/{row}"),
     ("POST", "/api/explain"),
 ]
 

@@ -14,9 +14,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+import radlens.web._images as upload_decoding
 from radlens.data.images import load_image
 from radlens.web.app import Settings, create_app
 
@@ -27,8 +30,9 @@ def _png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _dicom(pixels: np.ndarray, path: Path) -> bytes:
-    """An 8-bit MONOCHROME2 DICOM file of ``pixels``."""
+def _dicom(pixels: np.ndarray, path: Path, **text_values: str) -> bytes:
+    """An 8-bit MONOCHROME2 DICOM file of ``pixels``; ``text_values`` put text (VR LO) where the standard
+    has numbers (``Rows="abc"``), as a malformed file may."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -44,6 +48,9 @@ def _dicom(pixels: np.ndarray, path: Path) -> bytes:
     ds.HighBit = 7
     ds.PixelRepresentation = 0
     ds.PixelData = pixels.astype(np.uint8).tobytes()
+    for keyword, value in text_values.items():
+        tag = tag_for_keyword(keyword)
+        ds[tag] = DataElement(tag, "LO", value)
     ds.save_as(path, enforce_file_format=True)
     return path.read_bytes()
 
@@ -130,6 +137,44 @@ def test_truncated_jpeg_is_422(client: Any, indexed: Any) -> None:
     data = path.read_bytes()
     response = _search(client, data[: len(data) // 2], "cut.jpg")
     assert response.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "text_values",
+    [
+        {"Rows": "abc"},
+        {"WindowCenter": "abc", "WindowWidth": "400"},
+        {"RescaleSlope": "abc", "RescaleIntercept": "0"},
+    ],
+    ids=["Rows", "WindowCenter", "RescaleSlope"],
+)
+def test_dicom_with_text_where_numbers_belong_is_422(
+    client: Any, indexed: Any, tmp_path: Path, text_values: dict[str, str]
+) -> None:
+    _, pixels = indexed
+    response = _search(client, _dicom(pixels, tmp_path / "film.dcm", **text_values), "film.dcm")
+    assert response.status_code == 422, response.text
+    assert "not a usable image" in response.json()["detail"]
+    assert "/tmp" not in response.text and "radlens-upload" not in response.text
+
+
+@pytest.mark.parametrize("where", ["probe_image", "load_image"])
+@pytest.mark.parametrize("error", [ValueError, TypeError, struct.error, IndexError, RuntimeError])
+def test_any_decoder_failure_is_422_without_its_message(
+    client: Any, indexed: Any, monkeypatch: pytest.MonkeyPatch, where: str, error: type[Exception]
+) -> None:
+    """A decoder may fail with an exception the data layer does not translate: still the upload's fault."""
+
+    def failing(path: Any) -> Any:
+        raise error(f"cannot parse {path}: QUOKKA")  # a message naming the temporary file
+
+    monkeypatch.setattr(upload_decoding, where, failing)
+    path, _ = indexed
+    response = _search(client, path.read_bytes(), "film.jpg")
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["detail"] == "the upload is not a usable image" and body["hint"]
+    assert "QUOKKA" not in response.text and "radlens-upload" not in response.text
 
 
 def test_pixel_limit_applies_before_decoding(retriever: Any, indexed: Any) -> None:

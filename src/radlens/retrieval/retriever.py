@@ -40,7 +40,8 @@ from radlens.retrieval.index import RetrievalIndex, SearchFilter
 class SearchHit:
     """One search result.
 
-    ``score``: cosine similarity of the query and the hit (embedding search); ``rerank_score``: the
+    ``row``: the hit's row number in the index (unique, where study and image ids may repeat outside
+    MIMIC). ``score``: cosine similarity of the query and the hit (embedding search); ``rerank_score``: the
     fusion model's P(related) when the hit was re-ranked, else ``None``. ``labels`` maps each CheXpert
     observation to 1 / 0 / -1 / ``None`` (blank). ``impression``: the first line of the report's
     impression (else of its findings), for display.
@@ -48,6 +49,7 @@ class SearchHit:
 
     rank: int
     score: float
+    row: int
     study_id: str
     image_id: str | None
     labels: dict[str, float | None]
@@ -269,6 +271,7 @@ def _hit(row: dict[str, Any], rank: int) -> SearchHit:
     return SearchHit(
         rank=rank,
         score=float(row["score"]),
+        row=int(row["row"]),
         study_id=str(row["study_id"]),
         image_id=row.get("image_id"),
         labels=dict(row.get("labels") or {}),

@@ -68,7 +68,8 @@ def decode_upload(data: bytes, filename: str | None, max_pixels: int) -> np.ndar
     """Decode an uploaded image into a float32 (h, w) array in [0, 1]; :class:`UploadRejected` if not.
 
     The pixel count is checked from the header first (``max_pixels``), so a small file that claims a
-    huge image is refused without being decoded.
+    huge image is refused without being decoded. Whatever exception decoding raises becomes an
+    :class:`UploadRejected` (422) whose message never quotes it.
     """
     if not data:
         raise UploadRejected("the uploaded file is empty", "choose a PNG, JPEG or DICOM image")
@@ -85,7 +86,16 @@ def decode_upload(data: bytes, filename: str | None, max_pixels: int) -> np.ndar
                     "downscale it first",
                 )
             return load_image(name)
+        except UploadRejected:
+            raise
         except ImageDecodeError as exc:  # its message names our temporary file: use the reason only
             raise UploadRejected(f"the upload is not a usable image: {exc.reason}", exc.hint) from exc
+        except Exception as exc:
+            # A malformed file can make a decoder fail in ways the data layer does not translate (a
+            # DICOM value of the wrong type, say). It is still the upload's fault: a 422, never a 500,
+            # and never the exception's text, which may name our temporary file.
+            raise UploadRejected(
+                "the upload is not a usable image", "choose a PNG, JPEG or DICOM image, or convert it to PNG"
+            ) from exc
     finally:
         os.unlink(name)

@@ -10,7 +10,7 @@ For every HTTP request it
 - turns an unexpected exception into a JSON 500 that carries the request id, logging only the
   exception type and the stack (never its message, which could quote user input);
 - writes one access-log line per request as JSON: request id, method, the route *template* (e.g.
-  ``/api/studies/{study_id}``, never the raw path or query string), status and duration in ms.
+  ``/api/studies/{row}``, never the raw path or query string), status and duration in ms.
 """
 
 from __future__ import annotations

@@ -3,8 +3,11 @@
 ``create_app(retriever, settings)`` returns a FastAPI app serving
 
 - the JSON API under ``/api`` (OpenAPI document at ``/api/openapi.json``): ``POST /api/search``,
-  ``POST /api/search/image``, ``GET /api/studies/{study_id}``, ``GET /api/images/{image_id}``,
+  ``POST /api/search/image``, ``GET /api/studies/{row}``, ``GET /api/images/{row}``,
   ``POST /api/explain``, ``GET /api/options``, ``GET /api/health``;
+- images and studies are addressed by index row number (:mod:`radlens.web.schemas` says why): a hit
+  carries its ``row``, and searches read the rows straight from the index so the row is exact even
+  where image or study ids repeat;
 - the page at ``/`` (``static/``: plain HTML, CSS and JavaScript, nothing loaded from elsewhere).
 
 Model work (embedding queries, explanations) and image decoding run on worker threads behind bounded
@@ -15,7 +18,6 @@ text is ever logged: the access log holds ids, route templates, statuses and dur
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,8 +48,7 @@ from radlens.core import InputError
 from radlens.data.images import load_image
 from radlens.data.schema import CHEXPERT_LABELS
 from radlens.data.transforms import ResizePolicy, resize
-from radlens.retrieval.index import SearchFilter
-from radlens.retrieval.retriever import SearchResults
+from radlens.retrieval import SearchFilter, SearchResults
 from radlens.web._explain import MatchExplainer, data_url
 from radlens.web._images import ImageStore, UploadRejected, decode_upload
 from radlens.web._middleware import BodyTooLarge, ServiceMiddleware
@@ -55,7 +56,6 @@ from radlens.web._queue import BatchingQueue, InferenceQueue, QueueFull
 from radlens.web.schemas import (
     DEFAULT_K,
     EXPLAIN_METHODS,
-    ID_PATTERN,
     MAX_K,
     MAX_QUERY_CHARS,
     ErrorBody,
@@ -77,7 +77,6 @@ from radlens.web.schemas import (
 STATIC_DIR = Path(__file__).with_name("static")
 #: Largest JSON body accepted (a query is at most 2,000 characters; this leaves room for escaping).
 JSON_BODY_LIMIT = 64 * 1024
-_SAFE_ID = re.compile(ID_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -108,7 +107,7 @@ class Settings:
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
     for status, text in (
-        (404, "unknown id"),
+        (404, "unknown row, or a row without an image"),
         (413, "upload too large"),
         (422, "invalid request (the fields at fault are named)"),
         (503, "busy: retry after the number of seconds in Retry-After"),
@@ -171,11 +170,11 @@ class _Service:
         self.image_queue = InferenceQueue("image", max(settings.queue_size, 32), 2)
         self.images = ImageStore(settings.thumb_side, settings.full_side, settings.image_cache)
         self._explainer: MatchExplainer | None = None
-        rows = retriever.index.rows
+        # Row numbers, not ids, address images and studies: ids need not be unique (see schemas).
+        self.rows: list[dict[str, Any]] = retriever.index.rows
         self.study_rows: dict[str, list[int]] = {}
-        for number, row in enumerate(rows):
+        for number, row in enumerate(self.rows):
             self.study_rows.setdefault(str(row["study_id"]), []).append(number)
-        self.image_rows = {str(row["image_id"]): n for n, row in enumerate(rows) if row.get("image_id")}
         self.views, self.splits = retriever.index.views, retriever.index.splits
 
     # --- endpoints ---------------------------------------------------------------------------------
@@ -192,9 +191,9 @@ class _Service:
         route("/options", self.options, "GET", response_model=Options)
         route("/search", self.search, "POST", response_model=SearchResponse)
         route("/search/image", self.search_image, "POST", response_model=SearchResponse)
-        route("/studies/{study_id}", self.study, "GET", response_model=StudyDetail)
+        route("/studies/{row}", self.study, "GET", response_model=StudyDetail)
         route(
-            "/images/{image_id}",
+            "/images/{row}",
             self.image,
             "GET",
             response_class=Response,
@@ -234,7 +233,7 @@ class _Service:
         start = time.perf_counter()
         filters = _filters(request.filters.labels, request.filters.views, request.filters.splits)
         results = await self.search_queue.submit(_Query(request.k, filters, text=request.text))
-        return _response(results, start)
+        return _response(results, self.rows, start)
 
     async def search_image(
         self,
@@ -252,23 +251,27 @@ class _Service:
             raise BodyTooLarge(self.settings.max_upload_bytes, "the image")
         pixels = await self.image_queue.run(decode_upload, data, file.filename, self.settings.max_pixels)
         results = await self.search_queue.submit(_Query(k, filters, image=pixels))
-        return _response(results, start)
+        return _response(results, self.rows, start)
 
-    async def study(self, study_id: Annotated[str, PathParam(pattern=ID_PATTERN)]) -> StudyDetail:
-        """A study's images, report sections and labels."""
-        numbers = self.study_rows.get(study_id)
-        if not numbers:
-            raise HTTPException(404, detail=f"no study {study_id} in this index")
-        rows = [self.retriever.index.rows[n] for n in numbers]
-        first = rows[0]
+    async def study(
+        self, row: Annotated[int, PathParam(ge=0, description="any index row of the study")]
+    ) -> StudyDetail:
+        """The study of index row ``row``: its images (one per row), report sections and labels."""
+        first = self._row(row)
+        numbers = self.study_rows[str(first["study_id"])]
         labels = dict(first.get("labels") or {})
         images = [
-            StudyImage(image_id=str(r["image_id"]), view=r.get("view"), **_image_urls(str(r["image_id"])))
-            for r in rows
-            if r.get("image_id")
+            StudyImage(
+                row=n,
+                image_id=_text_or_none(self.rows[n].get("image_id")),
+                view=self.rows[n].get("view"),
+                **_image_urls(n),
+            )
+            for n in numbers
+            if self.rows[n].get("image_path")
         ]
         return StudyDetail(
-            study_id=study_id,
+            study_id=str(first["study_id"]),
             subject_id=_text_or_none(first.get("subject_id")),
             split=first.get("split"),
             labels=labels,
@@ -282,32 +285,33 @@ class _Service:
 
     async def image(
         self,
-        image_id: Annotated[str, PathParam(pattern=ID_PATTERN)],
+        row: Annotated[int, PathParam(ge=0, description="the index row of the image")],
         size: Annotated[str, Query(pattern="^(thumb|full)$")] = "full",
     ) -> Response:
-        """An indexed image as PNG (``size=thumb``: at most 192 px a side); cached."""
-        path = self._image_path(image_id)
+        """The image of index row ``row`` as PNG (``size=thumb``: at most 192 px a side); cached."""
+        path = self._image_path(row)
         try:
             png = await self.image_queue.run(self.images.png, path, size)
         except InputError as exc:  # the file is gone or unreadable on the server
-            raise HTTPException(404, detail=f"image {image_id} cannot be read on the server") from exc
+            raise HTTPException(404, detail=f"the image of row {row} cannot be read on the server") from exc
         return Response(png, media_type="image/png", headers={"cache-control": "private, max-age=3600"})
 
     async def explain(self, request: ExplainRequest) -> ExplainResponse:
         """Why the text matches the image: a heatmap over the image and a score per word of the text."""
         start = time.perf_counter()
-        path = self._image_path(request.image_id)
+        path = self._image_path(request.row)
+        row = self.rows[request.row]
         text = request.text
         if text is None:
-            row = self.retriever.index.rows[self.image_rows[request.image_id]]
             text = str(row.get("report") or "")
             if not text.strip():
-                raise InputError(f"image {request.image_id} has no report to explain", "pass text")
+                raise InputError(f"row {request.row} has no report to explain", "pass text")
         pixels = await self.image_queue.run(self._model_pixels, path)
         result = await self.explain_queue.run(self._explain, text, pixels, request.method)
         return ExplainResponse(
             method=request.method,
-            image_id=request.image_id,
+            row=request.row,
+            image_id=_text_or_none(row.get("image_id")),
             text_source="query" if request.text is not None else "report",
             text=text,
             score=result.score,
@@ -321,10 +325,18 @@ class _Service:
 
     # --- helpers -----------------------------------------------------------------------------------
 
-    def _image_path(self, image_id: str) -> Path:
-        if image_id not in self.image_rows:
-            raise HTTPException(404, detail=f"no image {image_id} in this index")
-        return Path(self.retriever.image_path(image_id))
+    def _row(self, number: int) -> dict[str, Any]:
+        """Metadata row ``number`` of the index; 404 when there is none."""
+        if not 0 <= number < len(self.rows):
+            raise HTTPException(404, detail=f"no row {number} in this index (it has {len(self.rows)})")
+        return self.rows[number]
+
+    def _image_path(self, number: int) -> Path:
+        """Where row ``number``'s image was indexed from (from the index only, never from a request)."""
+        path = self._row(number).get("image_path")
+        if not path:
+            raise HTTPException(404, detail=f"row {number} of this index has no image")
+        return Path(path)
 
     def _model_pixels(self, path: Path) -> np.ndarray:
         try:
@@ -387,22 +399,25 @@ def _filters(labels: Sequence[str], views: Sequence[str], splits: Sequence[str])
     return SearchFilter(positive=tuple(labels), views=tuple(views), splits=tuple(splits))
 
 
-def _image_urls(image_id: str) -> dict[str, str]:
-    return {"url": f"/api/images/{image_id}", "thumbnail_url": f"/api/images/{image_id}?size=thumb"}
+def _image_urls(row: int) -> dict[str, str]:
+    """The URLs of row ``row``'s image: the only form image URLs take (documented in docs/web.md)."""
+    return {"url": f"/api/images/{row}", "thumbnail_url": f"/api/images/{row}?size=thumb"}
 
 
 def _text_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _response(results: Any, start: float) -> SearchResponse:
+def _response(results: SearchResults, rows: Sequence[dict[str, Any]], start: float) -> SearchResponse:
+    """The API's answer for one query's hits; URLs name each hit's index row (``rows``: the metadata)."""
     hits = []
     for hit in results:
-        urls = _image_urls(hit.image_id) if hit.image_id and _SAFE_ID.match(hit.image_id) else None
+        urls = _image_urls(hit.row) if rows[hit.row].get("image_path") else None
         hits.append(
             Hit(
                 rank=hit.rank,
                 score=hit.score,
+                row=hit.row,
                 study_id=hit.study_id,
                 image_id=hit.image_id,
                 view=hit.view,
@@ -410,6 +425,7 @@ def _response(results: Any, start: float) -> SearchResponse:
                 positive=[name for name, value in hit.labels.items() if value == 1],
                 uncertain=[name for name, value in hit.labels.items() if value == -1],
                 impression=hit.impression,
+                study_url=f"/api/studies/{hit.row}",
                 thumbnail_url=urls["thumbnail_url"] if urls else None,
                 image_url=urls["url"] if urls else None,
             )

@@ -1,8 +1,12 @@
 """Request and response models of the web API (pydantic): validation and the OpenAPI document.
 
 Limits live in the request models, so a query that is too long, a ``k`` out of range or an unknown label
-is refused with 422 naming the field before anything runs. Ids are restricted to the characters real
-ids use (``[A-Za-z0-9._-]``), so no id can smuggle a path.
+is refused with 422 naming the field before anything runs.
+
+Studies and images are addressed by **index row number** (``row``: 0 to the index size − 1), the one key
+unique per indexed image: outside MIMIC an ``image_id`` is often just the file name's stem (``s00/frontal.jpg``
+and ``s01/frontal.jpg`` are both ``frontal``) and a ``study_id`` may be a path with ``/``. A row number
+is a whole number, so no key can smuggle a path; it is stable for as long as the index is not rebuilt.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ MAX_QUERY_CHARS = 2000
 #: Most results one search may ask for.
 MAX_K = 50
 DEFAULT_K = 12
-#: Characters allowed in study and image ids (MIMIC ids are digits, DICOM ids hex and dashes).
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+#: A row number of the index: what image, study and explanation requests name.
+RowNumber = Annotated[int, Field(ge=0)]
 
 Label = Literal[CHEXPERT_LABELS]  # type: ignore[valid-type]  # 14 names, checked by pydantic
 Split = Literal["train", "validate", "test"]
@@ -40,7 +44,6 @@ def _has_words(text: str) -> str:
 QueryText = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_QUERY_CHARS), AfterValidator(_has_words)
 ]
-ItemId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 
 
 class _Strict(BaseModel):
@@ -72,15 +75,17 @@ class Hit(BaseModel):
 
     rank: int
     score: float = Field(description="cosine similarity of the query and the result (-1 to 1)")
-    study_id: str
-    image_id: str | None
+    row: int = Field(description="the index row: the key of /api/images/{row}, /api/studies/{row}, explain")
+    study_id: str = Field(description="the dataset's study id (for display; not unique outside MIMIC)")
+    image_id: str | None = Field(description="the dataset's image id (for display; may repeat in an index)")
     view: str | None
     split: str | None
     positive: list[str] = Field(description="labels marked positive (1)")
     uncertain: list[str] = Field(description="labels marked uncertain (-1)")
     impression: str = Field(description="first line of the impression (else of the findings)")
-    thumbnail_url: str | None
-    image_url: str | None
+    study_url: str = Field(description="the study's detail: /api/studies/{row}")
+    thumbnail_url: str | None = Field(description="/api/images/{row}?size=thumb; null without an image")
+    image_url: str | None = Field(description="/api/images/{row}; null without an image")
 
 
 class SearchResponse(BaseModel):
@@ -92,9 +97,10 @@ class SearchResponse(BaseModel):
 
 
 class StudyImage(BaseModel):
-    """One image of a study."""
+    """One image of a study (one index row)."""
 
-    image_id: str
+    row: int
+    image_id: str | None
     view: str | None
     url: str
     thumbnail_url: str
@@ -116,18 +122,22 @@ class StudyDetail(BaseModel):
 
 
 class ExplainRequest(_Strict):
-    """Why does ``text`` match image ``image_id``? Without ``text``, the image's own indexed report."""
+    """Why does ``text`` match the image of index row ``row``? Without ``text``, that row's report."""
 
-    image_id: ItemId
+    row: RowNumber = Field(description="the index row whose image is explained (a hit's row)")
     text: QueryText | None = None
     method: ExplainMethod = "gradcam_pp"
 
 
 class WordScore(BaseModel):
-    """A word of the explained text: its place in the text (character offsets) and its relevance."""
+    """A word of the explained text: its place in the text and its relevance.
 
-    start: int
-    end: int
+    ``start`` / ``end`` count Unicode code points (Python's ``text[start:end]``), not UTF-16 units: in
+    JavaScript, slice ``Array.from(text)``, not ``text`` itself, or an emoji before a word shifts it.
+    """
+
+    start: int = Field(description="offset of the word's first code point in text (Unicode code points)")
+    end: int = Field(description="offset just past the word's last code point (Unicode code points)")
     score: float
 
 
@@ -135,7 +145,8 @@ class ExplainResponse(BaseModel):
     """A heatmap to lay over the image (transparent PNG, same aspect) and the words' relevance."""
 
     method: str
-    image_id: str
+    row: int
+    image_id: str | None
     text_source: Literal["query", "report"]
     text: str = Field(description="the explained text; word offsets refer to it")
     score: float = Field(description="cosine similarity of the text and the image")

@@ -383,7 +383,7 @@
     if (textQuery) $("query-words").textContent = state.query;
     if (!$("detail").open) $("detail").showModal();
     try {
-      const study = await api(`/api/studies/${encodeURIComponent(hit.study_id)}`);
+      const study = await api(hit.study_url); // /api/studies/{row}: ids need not be unique, rows are
       if (state.current !== index) return;
       state.study = study;
       chips($("detail-labels"), study.positive, study.uncertain);
@@ -397,10 +397,10 @@
 
   async function explainCurrent() {
     const hit = state.hits[state.current];
-    if (!hit || !hit.image_id || !$("detail").open) return;
+    if (!hit || !hit.image_url || !$("detail").open) return;
     const method = $("x-method").value || "gradcam_pp";
     const source = $("x-source").value;
-    const key = `${hit.image_id}|${source}|${method}`;
+    const key = `${hit.row}|${source}|${method}`;
     const seq = ++state.explainSeq;
     showDetailError("");
     let result = state.explained.get(key);
@@ -408,7 +408,7 @@
       $("x-spinner").hidden = false;
       $("overlay").style.opacity = String((0.2 * $("x-opacity").value) / 100); // the old map fades while the new one is computed
       $("x-status-text").textContent = `Computing the explanation (${METHOD_NAMES[method] || method})…`;
-      const payload = { image_id: hit.image_id, method };
+      const payload = { row: hit.row, method };
       if (source === "query") payload.text = state.query;
       try {
         result = await postJson("/api/explain", payload);
@@ -434,11 +434,21 @@
     showWords(result, source);
   }
 
+  // The API's word offsets count code points (Python's str indices); JavaScript strings are indexed in
+  // UTF-16 units, where an emoji or other astral character takes two. Convert once, here.
+  function utf16Words(text, words) {
+    const units = [0]; // units[i]: where code point i starts, in UTF-16 units
+    for (const character of text) units.push(units[units.length - 1] + character.length);
+    const at = (offset) => units[Math.max(0, Math.min(offset, units.length - 1))];
+    return words.map((word) => ({ ...word, start: at(word.start), end: at(word.end) }));
+  }
+
   function showWords(result, source) {
-    const peak = Math.max(1e-12, ...result.words.map((word) => Math.abs(word.score)));
+    const words = utf16Words(result.text, result.words);
+    const peak = Math.max(1e-12, ...words.map((word) => Math.abs(word.score)));
     const note = result.truncated ? " (only the beginning was read by the model)" : "";
     if (source === "query") {
-      highlight($("query-words"), result.text, result.words, peak, 0, result.text.length);
+      highlight($("query-words"), result.text, words, peak, 0, result.text.length);
       if (note) $("query-words").append(document.createTextNode(note));
       if (state.study) {
         $("findings").textContent = state.study.findings || "(none)";
@@ -451,10 +461,10 @@
     const findings = study && study.findings ? result.text.indexOf(study.findings) : -1;
     const impression = study && study.impression ? result.text.indexOf(study.impression, Math.max(0, findings)) : -1;
     if (findings >= 0 && impression >= 0) {
-      highlight($("findings"), result.text, result.words, peak, findings, study.findings.length);
-      highlight($("impression"), result.text, result.words, peak, impression, study.impression.length);
+      highlight($("findings"), result.text, words, peak, findings, study.findings.length);
+      highlight($("impression"), result.text, words, peak, impression, study.impression.length);
     } else {
-      highlight($("findings"), result.text, result.words, peak, 0, result.text.length);
+      highlight($("findings"), result.text, words, peak, 0, result.text.length);
       $("impression").textContent = "";
     }
     if (note) $("impression").append(document.createTextNode(note));
