@@ -105,27 +105,64 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     return out, _fit(out, Points(), _config())
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path, uninterrupted: tuple[Path, Any]) -> None:
-    full_dir, full = uninterrupted
+@pytest.mark.parametrize(
+    "changes",
+    [{}, {"log_every": 3}],
+    ids=["log-every-step", "log-window-open-at-the-checkpoint"],
+)
+def test_resume_reproduces_the_uninterrupted_run(
+    tmp_path: Path, uninterrupted: tuple[Path, Any], changes: dict[str, Any]
+) -> None:
+    """With ``log_every`` 3 and ``checkpoint_every`` 4, checkpoint-4 is saved with step 4 in the open log
+    window: the resumed row of step 6 must still average steps 4-6, as the uninterrupted run's does."""
+    config = _config(**changes)
+    if changes:
+        full_dir = tmp_path / "full"
+        full = _fit(full_dir, Points(), config)
+    else:
+        full_dir, full = uninterrupted
+    logged = [step for step in range(1, 11) if step % config.log_every == 0 or step == 10]
     out = tmp_path / "killed"
     # Killed during step 7 (each step fetches 2 micro-batches of 4 items): checkpoint-4 is the last one.
     with pytest.raises(KilledError):
-        _fit(out, Points(crash_after=6 * 8 + 3), _config())
+        _fit(out, Points(crash_after=6 * 8 + 3), config)
     assert [step for step, _ in list_checkpoints(out)] == [4]
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 6  # rows past the checkpoint
-    resumed = _fit(out, Points(), _config(), resume=True)
+    rows_before_kill = [step for step in logged if step <= 6]
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == len(rows_before_kill)
+    resumed = _fit(out, Points(), config, resume=True)
     assert resumed.resumed_from == 4
-    assert [row["step"] for row in resumed.records] == list(range(1, 11))
-    for name in ("loss", "mse", "lr", "grad_norm"):
-        expected = [row[name] for row in full.records]
-        got = [row[name] for row in resumed.records]
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6, err_msg=name)
-    assert len({row["loss"] for row in full.records}) == 10  # the run really changed the model
+    assert [row["step"] for row in full.records] == [row["step"] for row in resumed.records] == logged
+    timing = {"seconds", "samples_per_s"}
+    for expected_row, got_row in zip(full.records, resumed.records, strict=True):
+        assert set(got_row) == set(expected_row)
+        for name in sorted(set(expected_row) - timing):
+            where = (got_row["step"], name)
+            assert got_row[name] == pytest.approx(expected_row[name], rel=0, abs=1e-6), where
+    assert len({row["loss"] for row in full.records}) == len(logged)  # the run really changed the model
     final_full, final_resumed = _weights(full_dir), _weights(out)
     for name, tensor in final_full.items():
         torch.testing.assert_close(final_resumed[name], tensor, rtol=0, atol=1e-6)
     on_disk = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["loss"] for row in on_disk] == [row["loss"] for row in resumed.records]
+
+
+def test_checkpoint_without_a_saved_log_window_still_resumes(tmp_path: Path) -> None:
+    """A checkpoint written before log windows were saved resumes with an empty window: the first row
+    after the resume averages only the steps run since."""
+    config = _config(log_every=3)
+    out = tmp_path / "old"
+    with pytest.raises(KilledError):
+        _fit(out, Points(crash_after=6 * 8 + 3), config)
+    state_file = out / "checkpoint-4" / "training_state" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state["log_window"]["steps"] == 1 and len(state["log_window"]["sums"]) == 1
+    del state["log_window"]
+    state_file.write_text(json.dumps(state))
+    resumed = _fit(out, Points(), config, resume=True)
+    assert [row["step"] for row in resumed.records] == [3, 6, 9, 10]
+    full = _fit(tmp_path / "full", Points(), config)
+    assert resumed.records[1]["loss"] != pytest.approx(full.records[1]["loss"], rel=0, abs=1e-6)
+    assert resumed.records[2]["loss"] == pytest.approx(full.records[2]["loss"], rel=0, abs=1e-6)
 
 
 def test_resume_without_the_rng_state_would_differ(

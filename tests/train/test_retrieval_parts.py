@@ -28,6 +28,7 @@ from radlens.train.metric import (
     MetricStageConfig,
     base_embeddings,
     label_precision_at_k,
+    label_set_ids,
 )
 from radlens.train.negatives import NegativeSampler
 from radlens.train.retrieval import DualCollator, FusionITM, ITMCollator, ITMPairs, validate_fusion
@@ -197,6 +198,25 @@ def test_metric_stage_learns_the_label_structure(tmp_path: Path) -> None:
     assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10])
     assert after > before + 0.3 and after > 0.8, (before, after)
     assert label_precision_at_k(test_x, test_y, 5) < 0.65  # the raw space is really noisy
+
+
+def test_unlabelled_studies_have_an_unknown_label_set_not_the_empty_one() -> None:
+    """All-blank label rows get class -1 (as ``label_set_codes`` gives them), not the class of studies
+    with no positive label, and are never counted as queries of label precision."""
+    nan = float("nan")
+    rows = np.full((4, 14), nan)
+    rows[0, 2] = 1.0  # positive for label 2
+    rows[1, [0, 8]] = [0.0, -1.0]  # labelled, nothing positive: the empty set
+    rows[3, [1, 2]] = 1.0
+    assert label_set_ids(rows).tolist() == [4, 0, -1, 6]
+    assert label_set_ids(torch.tensor(rows, dtype=torch.float32)).tolist() == [4, 0, -1, 6]
+    # two unlabelled studies next to each other: with their own class they would score 1
+    embeddings = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    classes = torch.tensor([-1, -1, 5, 7])
+    assert np.isnan(label_precision_at_k(embeddings, classes, 1))
+    assert label_precision_at_k(embeddings, torch.tensor([-1, -1, 5, 5]), 1) == 1.0
+    assert label_precision_at_k(embeddings, torch.tensor([-1, 5, -1, 5]), 1) == 0.0
+    assert np.isnan(label_precision_at_k(embeddings[:1], classes[:1], 5))
 
 
 def test_base_embeddings_are_each_studys_own_eval_mode_embeddings(studies: ImageReportDataset) -> None:

@@ -168,6 +168,21 @@ def test_resume_of_precomputed_fusion_run_matches_uninterrupted(
     _assert_resume_reproduces_the_run(options, tmp_path, ("loss", "itm_loss", "mlm_loss"))
 
 
+def test_metric_stage_leaves_out_unlabelled_studies(
+    tmp_path: Path, phantom: Path, dual_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Studies without CheXpert labels have an unknown label set, not the empty one: the metric stage
+    trains without them (and says so) instead of grouping them into one class."""
+    data = _phantom_with_labels(phantom, tmp_path / "half-labelled", keep_every=2)
+    config = write_yaml(tmp_path / "metric.yaml", {"train": {**TINY_TRAIN, "batch_size": 8}})
+    out = tmp_path / "metric"
+    args = ["--data", str(data), "--out", str(out), "--model", "metric", "--base", str(dual_run)]
+    capsys.readouterr()
+    assert main(["train", "retrieval", *args, "--config", str(config)]) == 0
+    printed = capsys.readouterr().out
+    assert " of 19 training studies have no CheXpert labels and were left out of the metric stage" in printed
+
+
 def test_metric_stage_on_the_dual_run(tmp_path: Path, phantom: Path, dual_run: Path) -> None:
     config = write_yaml(
         tmp_path / "metric.yaml", {"train": {**TINY_TRAIN, "batch_size": 16}, "metric": {"out_dim": 8}}
@@ -184,8 +199,37 @@ def test_metric_stage_on_the_dual_run(tmp_path: Path, phantom: Path, dual_run: P
     assert {"precision@5_before", "precision@5_after"} <= set(validation)
 
 
+def _phantom_with_labels(phantom: Path, out: Path, keep_every: int | None) -> Path:
+    """A copy of ``phantom`` whose CheXpert table keeps every ``keep_every``-th study (None: no study)."""
+    shutil.copytree(phantom, out)
+    table = out / "mimic-cxr-2.0.0-chexpert.csv.gz"
+    with gzip.open(table, "rt") as handle:
+        header, *rows = handle.read().splitlines()
+    kept = [row for index, row in enumerate(rows) if keep_every is not None and index % keep_every == 0]
+    with gzip.open(table, "wt") as handle:
+        handle.write("\n".join([header, *kept]) + "\n")
+    return out
+
+
 def _bad(tmp_path: Path, phantom: Path, dual_yaml: Path, dual_run: Path) -> dict[str, tuple[list[str], str]]:
     data = ["--data", str(phantom)]
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    unlabelled = _phantom_with_labels(phantom, tmp_path / "unlabelled", keep_every=None)
+    metric = write_yaml(tmp_path / "metric.yaml", {"train": {**TINY_TRAIN, "batch_size": 8}})
+    fusion = write_yaml(
+        tmp_path / "fusion-mlm.yaml", {"train": TINY_TRAIN, "fusion": TINY_FUSION, "mlm_probability": 1.5}
+    )
+    betas = write_yaml(
+        tmp_path / "betas.yaml",
+        {
+            "train": {**TINY_TRAIN, "adam_betas": [1.5, 0.999]},
+            "precompute_frozen": False,
+            "dual_encoder": TINY_DUAL,
+        },
+    )
+    dual = [*data, "--config", str(dual_yaml)]
+    metric_args = ["--model", "metric", "--base", str(dual_run), "--config", str(metric)]
     no_train = tmp_path / "no-train"
     shutil.copytree(phantom, no_train)
     split = no_train / "mimic-cxr-2.0.0-split.csv.gz"
@@ -240,6 +284,26 @@ def _bad(tmp_path: Path, phantom: Path, dual_yaml: Path, dual_run: Path) -> dict
             [*data, "--out", str(dual_run), "--resume", "--overwrite"],
             "--resume and --overwrite contradict each other",
         ),
+        "mlm probability above 1": (
+            [*data, "--out", str(tmp_path / "o12"), "--model", "fusion", "--config", str(fusion)],
+            "invalid option mlm_probability: Input should be less than or equal to 1",
+        ),
+        "adam beta of 1 or more": (
+            [*data, "--out", str(tmp_path / "o13"), "--config", str(betas)],
+            "invalid option train.adam_betas.0: Input should be less than 1",
+        ),
+        "cache dir is a file (with --overwrite)": (
+            [*dual, "--out", str(dual_run), "--overwrite", "--cache-dir", str(a_file)],
+            f"--cache-dir {a_file} is a file",
+        ),
+        "cache dir under a file": (
+            [*dual, "--out", str(tmp_path / "o14"), "--cache-dir", str(a_file / "c")],
+            f"--cache-dir {a_file / 'c'} lies under the file {a_file}",
+        ),
+        "metric stage on unlabelled studies": (
+            [*metric_args, "--data", str(unlabelled), "--out", str(tmp_path / "o15")],
+            "no training study has CheXpert labels",
+        ),
     }
 
 
@@ -253,7 +317,7 @@ def test_bad_inputs_exit_2_with_one_line(
         line = _error_line(capsys)
         assert message in line, (name, line)
     assert sorted(path.name for path in dual_run.iterdir()) == before  # refused runs touched nothing
-    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 12))
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 16))
 
 
 def test_overwrite_restarts_a_run(

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import set_seed
 from pydantic import ValidationError
 from torch.utils.data import DataLoader
 
-from radlens.core import Config, InputError, atomic_write_text
+from radlens.core import Config, InputError, atomic_write_text, prepare_output_dir
 from radlens.data.dataset import ImageReportDataset, collate
 from radlens.data.schema import Problem, StudyRecord
 from radlens.data.transforms import ResizePolicy
@@ -165,23 +166,16 @@ class ClassifierTrainResult:
     problems: list[Problem] = field(default_factory=list)
 
 
-def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
-    if resume or not out.exists():
-        return
-    if not out.is_dir():
-        raise InputError(f"--out {out} is a file", "pass a folder for the checkpoint")
-    if any(out.iterdir()):
-        if not overwrite:
-            raise InputError(f"output folder {out} is not empty", "pass --resume to continue, or --overwrite")
-        shutil.rmtree(out)
-
-
 def train_classifier(
     run: ClassifierRunConfig, out: str | Path, resume: bool = False, overwrite: bool = False
 ) -> ClassifierTrainResult:
-    """Train, write the final checkpoint to ``out`` (loadable with ``load_checkpoint``), then score it."""
+    """Train, write the final checkpoint to ``out`` (loadable with ``load_checkpoint``), then score it.
+
+    With ``overwrite`` an old run in ``out`` is deleted only once the training split has been read.
+    """
     out = Path(out)
-    _prepare_out(out, resume, overwrite)
+    if not resume:
+        prepare_output_dir(out, overwrite)  # checks only: fail before reading anything
     records, problems = _records(run.data, run.split)
     if not records:
         raise InputError(
@@ -189,6 +183,15 @@ def train_classifier(
         )
     dataset = _dataset(records, run.model.image_size)
     problems += dataset.problems
+    if len(dataset) < run.train.batch_size:
+        raise InputError(
+            f"{len(dataset)} usable studies in split {run.split!r}, fewer than one batch of "
+            f"{run.train.batch_size}",
+            "lower --batch-size or pass another --split or dataset",
+        )
+    if not resume and overwrite and out.exists():
+        shutil.rmtree(out)  # --overwrite: the old run goes (only once the inputs are known to be good)
+    set_seed(run.train.seed)  # the initial weights follow train.seed
     model = CheXpertClassifier(run.model)
     trainer = Trainer(
         model, dataset, run.train, out, collate_fn=collate, run_config=run, description="classifier"

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -55,6 +55,7 @@ from radlens.core.progress import stderr_console
 from radlens.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint, save_checkpoint
 from radlens.train.schedule import build_optimizer, build_scheduler
 from radlens.train.state import (
+    LogWindow,
     SavedState,
     capture_rng,
     checkpoint_dir,
@@ -67,6 +68,8 @@ from radlens.train.state import (
 
 METRICS_NAME = "metrics.jsonl"
 CURVE_NAME = "loss_curve.png"
+#: An Adam moving-average coefficient: torch accepts [0, 1).
+AdamBeta = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
 class TrainConfig(Config):
@@ -75,6 +78,7 @@ class TrainConfig(Config):
     ``max_steps`` counts optimiser steps; one step sees ``batch_size × grad_accum × processes`` samples.
     ``checkpoint_every`` 0 saves only at the end. ``mixed_precision`` ``fp16`` needs a CUDA GPU; ``bf16``
     runs on recent GPUs and CPUs. ``log_with: tensorboard`` needs the ``tensorboard`` package.
+    ``adam_betas`` are each in [0, 1).
     """
 
     lr: float = Field(1e-4, gt=0.0)
@@ -84,7 +88,7 @@ class TrainConfig(Config):
     batch_size: int = Field(32, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_grad_norm: float | None = Field(1.0, gt=0.0)
-    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_betas: tuple[AdamBeta, AdamBeta] = (0.9, 0.999)
     adam_eps: float = Field(1e-8, gt=0.0)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     seed: int = Field(42, ge=0)
@@ -357,6 +361,18 @@ class _Run:
         self.sampler, self.log, self.step = sampler, log, step
         self.previous_seconds = saved.seconds if saved is not None else 0.0
         self.started = time.perf_counter()
+        # The log window: per-value sums over the steps since the last row (restored on resume, so the
+        # next row averages the same steps as in the uninterrupted run).
+        self.pending: dict[str, torch.Tensor] = {}
+        self.pending_steps, self.window_start = 0, self.started
+        window = saved.log_window if saved is not None else LogWindow()
+        if window.steps and accelerator.process_index < len(window.sums):
+            device = accelerator.device
+            self.pending = {
+                name: torch.tensor(total, dtype=torch.float32, device=device)
+                for name, total in window.sums[accelerator.process_index].items()
+            }
+            self.pending_steps, self.window_start = window.steps, self.started - window.seconds
 
     def seconds(self) -> float:
         return self.previous_seconds + time.perf_counter() - self.started
@@ -364,8 +380,6 @@ class _Run:
     def train(self, batches: Iterator[Any], bar: Callable[[int, float], None]) -> None:
         config, accelerator, module = self.config, self.accelerator, self.module
         module.train()
-        pending: dict[str, torch.Tensor] = {}
-        pending_steps, window_start = 0, time.perf_counter()
         grad_norm: torch.Tensor | None = None
         try:
             while self.step < config.max_steps:
@@ -379,19 +393,20 @@ class _Run:
                             grad_norm = accelerator.clip_grad_norm_(module.parameters(), config.max_grad_norm)
                         self.optimizer.step()
                         self.optimizer.zero_grad(set_to_none=True)
+                    pending = self.pending  # the window's sums (saved in checkpoints)
                     for name, value in parts.items():
                         value = value.detach().float() / config.grad_accum
                         pending[name] = pending[name] + value if name in pending else value
                 if not accelerator.optimizer_step_was_skipped:
                     self.scheduler.step()
                 self.step += 1
-                pending_steps += 1
+                self.pending_steps += 1
                 if self.step % config.log_every == 0 or self.step == config.max_steps:
                     now = time.perf_counter()  # logging costs are counted in the next window
-                    row = self._row(pending, pending_steps, lr, grad_norm, now - window_start)
+                    row = self._row(self.pending, self.pending_steps, lr, grad_norm, now - self.window_start)
                     self.log.append(row)
                     bar(self.step, row["loss"])
-                    pending, pending_steps, window_start = {}, 0, now
+                    self.pending, self.pending_steps, self.window_start = {}, 0, now
                 every = config.checkpoint_every
                 if self.step == config.max_steps or (every and self.step % every == 0):
                     self._save_checkpoint()
@@ -426,6 +441,8 @@ class _Run:
     def _save_checkpoint(self) -> None:
         accelerator = self.accelerator
         rng = gather_object([capture_rng()])
+        sums = gather_object([{name: float(value) for name, value in self.pending.items()}])
+        window = LogWindow(self.pending_steps, time.perf_counter() - self.window_start, sums)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             out = self.trainer.out_dir
@@ -446,6 +463,7 @@ class _Run:
                     scaler=scaler,
                     rng=rng,
                     records=self.log.records,
+                    log_window=window if self.pending_steps else None,
                 )
             for _, old in list_checkpoints(out)[: -self.config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)

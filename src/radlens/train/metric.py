@@ -2,8 +2,10 @@
 CheXpert label set land close together (pytorch-metric-learning losses and miners).
 
 Classes are label sets: two studies are in the same class when their positive labels (value 1) are
-identical. The base model is never updated: its embeddings — a dual encoder's image and text embeddings
-(one shared projection for both, keeping the two modalities in one space) or a fusion model's pooled
+identical. A study whose labels are all blank has an unknown label set (class -1, as in
+:func:`radlens.data.dataset.label_set_codes`), not the empty one: it is left out of the stage. The base
+model is never updated: its embeddings — a dual encoder's image and text embeddings (one shared
+projection for both, keeping the two modalities in one space) or a fusion model's pooled
 [CLS] of each study's own (image, report) pair — are computed once and the projection is trained on
 them through the generic loop. The result is a :class:`MetricProjection` checkpoint whose config names
 the base model's type and fingerprint, so it is never applied to embeddings of another model.
@@ -22,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from radlens.core import Config
-from radlens.data.dataset import ImageReportDataset, collate
+from radlens.data.dataset import ImageReportDataset, collate, label_set_codes
 from radlens.models import eval_mode
 from radlens.models.checkpoint import register_model
 from radlens.models.dual_encoder import DualEncoder
@@ -120,20 +122,24 @@ class EmbeddingDataset(Dataset[dict[str, torch.Tensor]]):
 
 
 def label_set_ids(label_rows: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Class id per study: its positive-label bitmask (rows of 14 CheXpert values, 1 = positive)."""
-    rows = np.asarray(label_rows, dtype=np.float64)
-    return torch.from_numpy((rows == 1.0).astype(np.int64) @ (1 << np.arange(rows.shape[1], dtype=np.int64)))
+    """Class id per study: its positive-label bitmask (rows of 14 CheXpert values, 1 = positive, NaN =
+    blank), or -1 for a study whose labels are all blank (unknown label set, see ``label_set_codes``)."""
+    rows = torch.as_tensor(np.asarray(label_rows, dtype=np.float64))
+    return label_set_codes(rows)
 
 
 def label_precision_at_k(embeddings: torch.Tensor, classes: torch.Tensor, k: int = 5) -> float:
     """Mean fraction of each item's ``k`` nearest others (cosine, itself excluded) with its label set;
-    items whose label set no other item has are left out."""
+    items whose label set no other item has, or is unknown (class < 0), are left out as queries (as
+    neighbours they never match)."""
+    if len(embeddings) < 2:
+        return float("nan")
     unit = F.normalize(embeddings.float(), dim=-1)
     scores = unit @ unit.t()
     scores.fill_diagonal_(-float("inf"))
     top = scores.topk(min(k, len(unit) - 1), dim=1).indices
     same = (classes[top] == classes[:, None]).float()
-    has_match = (classes[None, :] == classes[:, None]).sum(dim=1) > 1
+    has_match = ((classes[None, :] == classes[:, None]).sum(dim=1) > 1) & (classes >= 0)
     return float((same.sum(dim=1) / top.shape[1])[has_match].mean()) if has_match.any() else float("nan")
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
-from pydantic import ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -42,7 +42,7 @@ from radlens.core import (
     read_config_file,
 )
 from radlens.data.cache import ImageCache
-from radlens.data.dataset import ImageReportDataset, collate, label_set_codes
+from radlens.data.dataset import ImageReportDataset, collate, label_set_codes, label_tensor
 from radlens.data.readers import DatasetFormat, read_dataset
 from radlens.data.schema import Problem, StudyRecord
 from radlens.data.transforms import ResizePolicy, train_augmentation
@@ -95,7 +95,8 @@ class RetrievalRunConfig(Config):
     Only the section of the chosen ``model`` is set. ``precompute_frozen`` trains on frozen features
     computed once (:mod:`radlens.train.frozen`): a dual encoder's frozen stages, or the frozen dual
     encoder a fusion model fuses on (``base``); it excludes ``augment``. ``mlm_probability``
-    is the fusion model's masking rate. ``negatives`` picks the ITM negatives (fusion only). ``base`` is
+    is the fusion model's masking rate, the share of report tokens it learns to predict (0 trains ITM
+    only; at most 1). ``negatives`` picks the ITM negatives (fusion only). ``base`` is
     the checkpoint a run builds on: the dual encoder a fusion model fuses on (optional), the model
     whose embeddings the metric stage projects (required).
     """
@@ -109,7 +110,7 @@ class RetrievalRunConfig(Config):
     cache_dir: str | None = None
     precompute_frozen: bool = False
     augment: bool = False
-    mlm_probability: float = 0.15
+    mlm_probability: float = Field(0.15, ge=0.0, le=1.0)
     train: TrainConfig = TrainConfig()
     dual_encoder: DualEncoderConfig | None = None
     fusion: FusionConfig | None = None
@@ -222,6 +223,23 @@ def _read_splits(config: RetrievalRunConfig) -> tuple[list[StudyRecord], list[St
     return train, validate, list(result.problems)
 
 
+def _cache_dir(config: RetrievalRunConfig, out: Path) -> Path:
+    """The image cache folder (``cache_dir``, default ``OUT/image-cache``); InputError when it, or the
+    nearest existing folder above it, is a file (checked before anything is written or deleted)."""
+    if not config.cache_dir:
+        return out / "image-cache"
+    folder = Path(config.cache_dir)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        where = "is a file" if probe == folder else f"lies under the file {probe}"
+        raise InputError(
+            f"--cache-dir {folder} {where}", "pass a folder for the image cache, or leave --cache-dir out"
+        )
+    return folder
+
+
 def _datasets(
     config: RetrievalRunConfig,
     out: Path,
@@ -231,7 +249,7 @@ def _datasets(
 ) -> tuple[ImageReportDataset, ImageReportDataset, list[Problem]]:
     """Train and validate datasets (pixels in [0, 1], grey) over cached resized images."""
     policy = ResizePolicy(size=image_size)
-    cache = ImageCache(Path(config.cache_dir) if config.cache_dir else out / "image-cache", policy)
+    cache = ImageCache(_cache_dir(config, out), policy)
     seed = config.train.seed
     augment = train_augmentation(seed=seed) if config.augment else None
     options: dict[str, Any] = {"channels": 1, "cache": cache, "mean": 0.0, "std": 1.0, "seed": seed}
@@ -632,11 +650,29 @@ def _load_base(config: RetrievalRunConfig) -> tuple[nn.Module, int]:
 
 
 def _train_metric(
-    config: RetrievalRunConfig, out: Path, resume: bool, base: nn.Module, train_set: ImageReportDataset
+    config: RetrievalRunConfig,
+    out: Path,
+    resume: bool,
+    base: nn.Module,
+    train_set: ImageReportDataset,
+    notes: list[str],
 ) -> tuple[TrainResult, MetricProjection]:
+    """Train the projection on the training studies whose label set is known (unlabelled ones are left
+    out: their classes would be unknown, not the empty label set)."""
     assert config.metric is not None
     images, texts, labels = base_embeddings(base, train_set, config.train.batch_size)
     classes = label_set_ids(labels.numpy())
+    known = classes >= 0
+    if not bool(known.all()):
+        left_out = int((~known).sum())
+        notes.append(
+            f"{left_out} of {len(classes)} training studies have no CheXpert labels and were left out of "
+            "the metric stage"
+        )
+        images, classes = images[known], classes[known]
+        texts = texts[known] if texts is not None else None
+    if not len(classes):
+        raise _no_labels_error()
     embeddings = images if texts is None else torch.cat([images, texts])
     targets = classes if texts is None else torch.cat([classes, classes])
     projection_config = MetricProjectionConfig(
@@ -662,6 +698,13 @@ def _train_metric(
     return trainer.fit(resume), projection
 
 
+def _no_labels_error() -> InputError:
+    return InputError(
+        "no training study has CheXpert labels: the metric stage groups studies by label set",
+        "use a dataset with labels (MIMIC-CXR-JPG label tables, RadPhantom, IU X-ray with the labeller)",
+    )
+
+
 @torch.no_grad()
 def validate_metric(
     base: nn.Module, projection: MetricProjection, dataset: ImageReportDataset, batch_size: int
@@ -671,6 +714,7 @@ def validate_metric(
     images, texts, labels = base_embeddings(base, dataset, batch_size)
     if texts is None:  # fusion [CLS]: study-to-study retrieval, the study itself left out
         classes = label_set_ids(labels.numpy())
+        images, classes = images[classes >= 0], classes[classes >= 0]  # unlabelled: unknown class
         return {
             "studies": len(images),
             "precision@5_before": label_precision_at_k(images, classes, 5),
@@ -697,6 +741,7 @@ def train_retrieval(
     out = Path(out)
     if not resume:
         prepare_output_dir(out, overwrite)
+    _cache_dir(config, out)  # a cache path that cannot be a folder fails before any work or deletion
     base, image_size = _load_base(config) if config.base else (None, 0)
     fusion_config = config.fusion
     if config.model == "dual":
@@ -712,6 +757,8 @@ def train_retrieval(
             fusion_config = aligned_fusion_config(fusion_config, base.config)
         image_size = fusion_config.image_size
     train, validate, problems = _read_splits(config)
+    if config.model == "metric" and all(torch.isnan(label_tensor(record)).all() for record in train):
+        raise _no_labels_error()
     if len(train) < config.train.batch_size:
         raise InputError(
             f"{len(train)} training studies, fewer than one batch of {config.train.batch_size}",
@@ -740,7 +787,7 @@ def train_retrieval(
             validation = {}
     else:
         assert base is not None
-        result, projection = _train_metric(config, out, resume, base, train_set)
+        result, projection = _train_metric(config, out, resume, base, train_set, notes)
         validation = validate_metric(base, projection, val_set, batch) if len(val_set) > 1 else {}
     if not validation:
         notes.append(f"no validation: the validate split has {len(val_set)} usable studies (2 needed)")

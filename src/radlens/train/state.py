@@ -13,6 +13,10 @@ A checkpoint is a folder ``checkpoint-STEP/`` in the run folder::
                                             one entry per process
             metrics.jsonl                   the log rows up to STEP
 
+``state.json`` also holds the partly-filled log window (``log_window``: the steps since the last log
+row, their seconds and each process's running loss sums), so a resumed run's next row averages the same
+steps as the uninterrupted run's; a checkpoint without it resumes with an empty window.
+
 Tensors go to safetensors and the rest to JSON, so loading a checkpoint never unpickles anything. The
 folder is built under a temporary name and renamed when complete (:func:`radlens.core.atomic_directory`):
 a run killed while saving leaves the previous checkpoint intact.
@@ -122,6 +126,30 @@ def join_state_dict(info: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
 
 
 @dataclass
+class LogWindow:
+    """The steps since the last log row: how many, their seconds, and per process the sum of each
+    logged value (what the next row averages)."""
+
+    steps: int = 0
+    seconds: float = 0.0
+    sums: list[dict[str, float]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``log_window`` entry of ``state.json``."""
+        return {"steps": self.steps, "seconds": self.seconds, "sums": self.sums}
+
+    @classmethod
+    def from_json(cls, value: Any) -> LogWindow:
+        """Inverse of :meth:`to_json`; ``None`` (a checkpoint written before windows were saved) is empty."""
+        if value is None:
+            return cls()
+        if not isinstance(value, Mapping) or not isinstance(value["sums"], list):
+            raise ValueError("log_window is not an object with a list of sums")
+        sums = [{str(name): float(total) for name, total in dict(entry).items()} for entry in value["sums"]]
+        return cls(steps=int(value["steps"]), seconds=float(value["seconds"]), sums=sums)
+
+
+@dataclass
 class SavedState:
     """What ``training_state/`` holds, read back."""
 
@@ -136,6 +164,7 @@ class SavedState:
     scaler: dict[str, Any] | None
     rng: list[tuple[dict[str, Any], dict[str, torch.Tensor]]]
     records: list[dict[str, Any]] = field(default_factory=list)
+    log_window: LogWindow = field(default_factory=LogWindow)
 
 
 def write_training_state(
@@ -151,6 +180,7 @@ def write_training_state(
     scaler: Mapping[str, Any] | None,
     rng: list[tuple[dict[str, Any], dict[str, torch.Tensor]]],
     records: list[dict[str, Any]],
+    log_window: LogWindow | None = None,
 ) -> None:
     """Write ``folder/training_state/`` (``folder`` is a checkpoint being built under a temporary name)."""
     target = folder / STATE_DIR
@@ -163,6 +193,7 @@ def write_training_state(
         "num_processes": len(rng),
         "seconds": seconds,
         "run_config": dict(run_config),
+        "log_window": (log_window or LogWindow()).to_json(),
     }
     _write_json(target / "state.json", state)
     optimizer_info, optimizer_tensors = split_state_dict(optimizer)
@@ -200,7 +231,8 @@ def read_training_state(folder: Path) -> SavedState:
             for line in (source / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
             if line.strip()
         ]
-    except (OSError, ValueError, KeyError) as exc:
+        log_window = LogWindow.from_json(state.get("log_window"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(
             f"checkpoint {folder} has a damaged training state ({exc.__class__.__name__})",
             "resume from an earlier checkpoint: delete this folder",
@@ -221,6 +253,7 @@ def read_training_state(folder: Path) -> SavedState:
         scaler=schedule["scaler"],
         rng=rng,
         records=records,
+        log_window=log_window,
     )
 
 
