@@ -294,11 +294,11 @@ def _bad(tmp_path: Path, phantom: Path, dual_yaml: Path, dual_run: Path) -> dict
         ),
         "cache dir is a file (with --overwrite)": (
             [*dual, "--out", str(dual_run), "--overwrite", "--cache-dir", str(a_file)],
-            f"--cache-dir {a_file} is a file",
+            f"--cache-dir {a_file}: output path {a_file.resolve()} is a file",
         ),
         "cache dir under a file": (
             [*dual, "--out", str(tmp_path / "o14"), "--cache-dir", str(a_file / "c")],
-            f"--cache-dir {a_file / 'c'} lies under the file {a_file}",
+            f"--cache-dir {a_file / 'c'}: output path {a_file.resolve()} is a file",
         ),
         "metric stage on unlabelled studies": (
             [*metric_args, "--data", str(unlabelled), "--out", str(tmp_path / "o15")],

@@ -10,6 +10,7 @@ from radlens.core.io import (
     atomic_write_bytes,
     atomic_write_file,
     atomic_write_text,
+    check_writable_folder,
     prepare_output_dir,
 )
 from radlens.core.progress import is_quiet, progress, set_quiet
@@ -23,6 +24,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_file",
     "atomic_write_text",
+    "check_writable_folder",
     "collect_versions",
     "is_quiet",
     "load_config",

@@ -70,13 +70,24 @@ def prepare_output_dir(path: str | os.PathLike[str], overwrite: bool) -> Path:
             raise InputError(
                 f"output folder {target} is not empty", "choose an empty folder or pass --overwrite"
             )
-    parent = target.resolve().parent
-    probe = parent
+    check_writable_folder(target.resolve().parent)
+    return target
+
+
+def check_writable_folder(folder: str | os.PathLike[str]) -> Path:
+    """The nearest existing folder at or above ``folder`` (where it would be created), checked.
+
+    Raises :class:`InputError` when that is a file (``folder`` is or lies under a file) or cannot be
+    written, so a command can refuse an output location before doing any work.
+    """
+    probe = Path(folder).resolve()
     while not probe.exists():
         probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"output path {probe} is a file", "choose a folder path")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write to {probe}", "choose an output folder you can write to")
-    return target
+        raise InputError(f"cannot write to {probe}", "choose a location you can write to")
+    return probe
 
 
 @contextlib.contextmanager

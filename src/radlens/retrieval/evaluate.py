@@ -33,7 +33,7 @@ import numpy as np
 import yaml
 from pydantic import Field
 
-from radlens.core import Config, InputError, atomic_write_text, write_run_metadata
+from radlens.core import Config, InputError, atomic_write_text, check_writable_folder, write_run_metadata
 from radlens.data.dataset import ImageReportDataset
 from radlens.data.schema import ImageRecord, StudyRecord
 from radlens.data.transforms import ResizePolicy
@@ -266,15 +266,7 @@ def _check_output(target: Path, index_dir: Path, with_fusion: bool) -> None:
     each other or the index's own files."""
     if target.suffix.lower() != ".json" or target.is_dir():
         raise InputError(f"--out {target} is not a .json file path", "pass e.g. --out results.json")
-    # The folder the files go in, or the nearest existing folder above it that it will be made in.
-    # (core's prepare_output_dir checks the folder *above* an output folder, for creating one.)
-    probe = target.parent.resolve()
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise InputError(f"output path {probe} is a file", "choose a folder path for --out")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write to {probe}", "choose an --out location you can write to")
+    check_writable_folder(target.parent)  # the folder the files go in (or will be made in)
     paths = _output_paths(target, with_fusion)
     names = [path.name for path in paths]
     if len(set(names)) < len(names):

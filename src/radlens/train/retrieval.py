@@ -36,6 +36,7 @@ from radlens.core import (
     Config,
     InputError,
     atomic_write_text,
+    check_writable_folder,
     is_quiet,
     prepare_output_dir,
     progress,
@@ -229,14 +230,10 @@ def _cache_dir(config: RetrievalRunConfig, out: Path) -> Path:
     if not config.cache_dir:
         return out / "image-cache"
     folder = Path(config.cache_dir)
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        where = "is a file" if probe == folder else f"lies under the file {probe}"
-        raise InputError(
-            f"--cache-dir {folder} {where}", "pass a folder for the image cache, or leave --cache-dir out"
-        )
+    try:
+        check_writable_folder(folder)
+    except InputError as exc:
+        raise InputError(f"--cache-dir {folder}: {exc.message}", "pass a folder for the image cache") from exc
     return folder
 
 
