@@ -84,6 +84,18 @@ def test_jsonl_with_other_column_names_and_no_study_id(tmp_path: Path) -> None:
     assert all(r.subject_id == r.study_id and r.images[0].path == image for r in result.records)
 
 
+def test_jsonl_with_a_byte_order_mark_keeps_its_first_row(tmp_path: Path) -> None:
+    png(tmp_path / "a.png")
+    png(tmp_path / "b.png")
+    rows = [
+        {"image": "a.png", "text": "Clear.", "study_id": "s1"},
+        {"image": "b.png", "text": "Clear.", "study_id": "s2"},
+    ]
+    (tmp_path / "t.jsonl").write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps(r) for r in rows).encode())
+    result = read_table(tmp_path / "t.jsonl")
+    assert [r.study_id for r in result.records] == ["s1", "s2"] and result.problems == []
+
+
 def test_table_without_text_column_reads_images_only(tmp_path: Path) -> None:
     png(tmp_path / "a.png")
     (tmp_path / "t.csv").write_text("filename,Cardiomegaly\na.png,1\n", encoding="utf-8")

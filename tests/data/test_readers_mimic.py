@@ -378,3 +378,19 @@ def test_invalid_and_duplicate_index_rows_are_reported(tmp_path: Path) -> None:
         f"index row duplicate: dicom_id d3 listed again in data row {count + 3}",
     ]
     assert all(Path(p.path) == table for p in result.problems)
+
+
+def test_conflicting_label_rows_are_reported_and_the_first_is_used(tmp_path: Path) -> None:
+    root = build_mimic(tmp_path / "m")
+    table = root / f"{PREFIX}-chexpert.csv.gz"
+    frame = pd.read_csv(table, dtype=str)
+    first = frame[frame["study_id"] == "53189527"].iloc[0].to_dict()
+    same, other = dict(first), {**first, "Edema": "1.0", "No Finding": ""}
+    pd.DataFrame([*frame.to_dict("records"), same, other]).to_csv(table, index=False, compression="gzip")
+    result = read_mimic(root)
+    assert by_id(result)["53189527"].labels["No Finding"] == 1.0  # the first row's
+    assert by_id(result)["53189527"].labels["Edema"] is None
+    reasons = [p.reason for p in result.problems]
+    assert reasons == [  # the identical repeat is harmless; the conflicting one is named
+        f"label row conflicts: study 53189527 listed again in data row {len(frame) + 2}; the first row is used"
+    ]

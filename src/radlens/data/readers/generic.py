@@ -135,6 +135,7 @@ def _read_jsonl(table: Path, log: ProblemLog) -> list[tuple[str, dict[str, Any]]
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as exc:
             raise InputError(f"{table} is a damaged gzip file ({exc})", "copy it again") from exc
+    data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (Windows editors write one)
     rows = []
     for number, raw in enumerate(data.splitlines(), start=1):
         if not raw.strip():

@@ -324,7 +324,14 @@ def _read_labels(
             )
             bad.add(key)
             continue
-        labels.setdefault(key, dict(zip(CHEXPERT_LABELS, row_values, strict=True)))
+        values = dict(zip(CHEXPERT_LABELS, row_values, strict=True))
+        if key in labels and labels[key] != values:
+            log.add(
+                path,
+                f"label row conflicts: study {key} listed again in data row {row + 1}; the first row is used",
+            )
+            continue
+        labels.setdefault(key, values)
     return labels, bad
 
 
