@@ -99,6 +99,26 @@ def test_image_search_returns_the_retrievers_reports(client: Any, retriever: Any
     assert all(isinstance(hit["impression"], str) for hit in response.json()["results"])
 
 
+def test_a_waiting_image_query_holds_model_sized_pixels(
+    app: Any, client: Any, indexed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upload is resized on the image worker, so the search queue never holds a full film."""
+    service = app.state.service
+    queued: list[tuple[int, ...]] = []
+    submit = service.search_queue.submit
+
+    async def spy(query: Any) -> Any:
+        queued.append(query.image.shape)
+        return await submit(query)
+
+    monkeypatch.setattr(service.search_queue, "submit", spy)
+    side = service.retriever.embedder.image_size
+    larger = np.kron(indexed[1], np.ones((3, 3), dtype=np.uint8))  # 3× the model's input a side
+    assert larger.shape[0] > side
+    assert _search(client, _png(larger), "film.png").status_code == 200
+    assert queued == [(side, side)]
+
+
 def test_content_decides_not_the_file_name(client: Any, indexed: Any, tmp_path: Path) -> None:
     path, pixels = indexed
     as_jpeg = _ids(_search(client, path.read_bytes(), "film.jpg"))

@@ -47,7 +47,7 @@ from radlens import __version__
 from radlens.core import InputError
 from radlens.data.images import load_image
 from radlens.data.schema import CHEXPERT_LABELS
-from radlens.data.transforms import ResizePolicy, resize
+from radlens.data.transforms import resize
 from radlens.retrieval import SearchFilter, SearchResults
 from radlens.web._explain import MatchExplainer, data_url
 from radlens.web._images import ImageStore, UploadRejected, decode_upload
@@ -249,7 +249,7 @@ class _Service:
         data = await file.read(self.settings.max_upload_bytes + 1)
         if len(data) > self.settings.max_upload_bytes:
             raise BodyTooLarge(self.settings.max_upload_bytes, "the image")
-        pixels = await self.image_queue.run(decode_upload, data, file.filename, self.settings.max_pixels)
+        pixels = await self.image_queue.run(self._upload_pixels, data, file.filename)
         results = await self.search_queue.submit(_Query(k, filters, image=pixels))
         return _response(results, self.rows, start)
 
@@ -338,10 +338,16 @@ class _Service:
             raise HTTPException(404, detail=f"row {number} of this index has no image")
         return Path(path)
 
+    def _upload_pixels(self, data: bytes, filename: str | None) -> np.ndarray:
+        """An upload decoded and already resized to the model's input: a waiting query holds S×S
+        pixels, not the full film (a 40 MP upload is 160 MB as float32, times the queue's capacity)."""
+        return resize(
+            decode_upload(data, filename, self.settings.max_pixels), self.retriever.embedder.policy()
+        )
+
     def _model_pixels(self, path: Path) -> np.ndarray:
         try:
-            size = int(self.retriever.embedder.image_size)
-            return resize(load_image(path), ResizePolicy(mode="square", size=size))
+            return resize(load_image(path), self.retriever.embedder.policy())
         except InputError as exc:
             raise HTTPException(404, detail="the image cannot be read on the server") from exc
 
