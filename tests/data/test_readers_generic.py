@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
 from radlens.core import InputError
 from radlens.data.readers import read_dataset, read_slices, read_table
@@ -180,6 +181,9 @@ def test_bad_slices_are_skipped_and_recorded(tmp_path: Path) -> None:
     (tmp_path / "s" / "3.dcm").write_bytes(b"this is not dicom at all" * 10)
     whole = dicom(tmp_path / "s" / "5.dcm", instance=5, series_uid=generate_uid()).read_bytes()
     (tmp_path / "s" / "5.dcm").write_bytes(whole[:154])  # cut inside the header: an interrupted copy
+    deflated = dcmread(dicom(tmp_path / "s" / "6.dcm", instance=6, series_uid=generate_uid()))
+    deflated.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian  # refused before inflating
+    deflated.save_as(tmp_path / "s" / "6.dcm", enforce_file_format=True)
     dicom(tmp_path / "s" / "4.dcm", instance=4, series_uid=generate_uid())
     result = read_slices(tmp_path, check_images="decode")
     assert [r.images[0].image_id for r in result.records] == ["1", "4"]
@@ -187,7 +191,11 @@ def test_bad_slices_are_skipped_and_recorded(tmp_path: Path) -> None:
         ("2.png", "image unreadable"),
         ("3.dcm", "image unreadable"),
         ("5.dcm", "image unreadable"),
+        ("6.dcm", "image unreadable"),
     ]
+    assert "deflate-compressed DICOM is not supported" in result.problems[-1].reason
+    header_only = read_slices(tmp_path)  # no image check: the header read itself refuses to inflate
+    assert [Path(p.path).name for p in header_only.problems] == ["3.dcm", "5.dcm", "6.dcm"]
     assert [r.metadata["slice_index"] for r in result.records] == [0, 1]
     with pytest.raises(InputError, match=r"2\.png: image unreadable"):
         read_slices(tmp_path, check_images="decode", strict=True)

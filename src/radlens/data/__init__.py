@@ -5,7 +5,14 @@ decoded-image cache in :mod:`radlens.data.dataset`, :mod:`radlens.data.transform
 :mod:`radlens.data.cache` (they pull in torch). Import those by module path.
 """
 
-from radlens.data.images import MAX_PIXELS, MIN_SIDE, ImageDecodeError, load_image, probe_image
+from radlens.data.images import (
+    MAX_PIXELS,
+    MIN_SIDE,
+    ImageDecodeError,
+    load_image,
+    probe_image,
+    read_dicom_header,
+)
 from radlens.data.labeler import (
     identical_label_sets,
     label_report,
@@ -56,6 +63,7 @@ __all__ = [
     "normalize_label",
     "parse_report",
     "probe_image",
+    "read_dicom_header",
     "report_text",
     "share_positive",
     "split_sentences",

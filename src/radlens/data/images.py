@@ -59,6 +59,16 @@ def probe_image(path: str | os.PathLike[str]) -> tuple[int, int]:
     return height, width
 
 
+def read_dicom_header(path: str | os.PathLike[str], *, force: bool = False) -> Any:
+    """The pydicom data set of a DICOM file without its pixel data (header only, cheap).
+
+    ``force`` also reads files that lack the preamble and ``DICM`` marker (as :func:`probe_image`
+    does for a ``.dcm`` name); without it such a file is refused. Raises :class:`ImageDecodeError` for
+    a missing, damaged or deflate-compressed file (see ``_refuse_deflated``).
+    """
+    return _read_dicom(_existing_file(path), stop_before_pixels=True, force=force)
+
+
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Decode ``path`` into a float32 ``(height, width)`` array with values in ``[0, 1]``.
 
@@ -161,12 +171,12 @@ def _pil_to_float(path: Path, image: Image.Image) -> np.ndarray:
 # ----------------------------------------------------------------------------- DICOM (pydicom)
 
 
-def _read_dicom(path: Path, stop_before_pixels: bool = False) -> Any:
+def _read_dicom(path: Path, stop_before_pixels: bool = False, force: bool = True) -> Any:
     import pydicom
 
     _refuse_deflated(path)
     try:
-        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=force)
     except Exception as exc:
         # pydicom raises many types on a damaged file: InvalidDicomError, EOFError, struct.error,
         # BytesLengthException, ... depending on where a half-finished copy ends.

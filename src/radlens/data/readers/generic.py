@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from radlens.core import InputError, progress
+from radlens.data.images import ImageDecodeError, read_dicom_header
 from radlens.data.readers._common import (
     IMAGE_CHECKS,
     Filters,
@@ -268,12 +269,10 @@ def _natural_key(name: str) -> list[Any]:
 
 def _dicom_header(path: Path, log: ProblemLog) -> dict[str, Any] | None:
     """InstanceNumber, SliceLocation, Modality, SeriesInstanceUID of a DICOM slice (header only)."""
-    import pydicom
-
     try:
-        dataset = pydicom.dcmread(path, stop_before_pixels=True)
-    except Exception as exc:  # pydicom raises many types on a damaged file (see images._read_dicom)
-        log.add(path, f"image unreadable: not a readable DICOM file ({exc.__class__.__name__})")
+        dataset = read_dicom_header(path)
+    except ImageDecodeError as exc:
+        log.add(path, f"image unreadable: {exc.reason}")
         return None
     header: dict[str, Any] = {}
     for key, convert in (("InstanceNumber", int), ("SliceLocation", float)):
