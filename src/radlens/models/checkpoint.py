@@ -142,13 +142,26 @@ def _split_tied(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
     return kept, aliases
 
 
+#: Config fields older radlens versions did not write, with the value their absence means: the behaviour
+#: those versions had. ``image_normalization`` (radlens 0.2): radlens 0.1 normalised the
+#: ImageNet-initialised EfficientNet-Lite0's input with ImageNet mean/std.
+_LEGACY_VALUES: dict[str, Any] = {"image_normalization": "imagenet"}
+
+
+def _config_sections(values: dict[str, Any]) -> list[dict[str, Any]]:
+    """A dumped config and the dual-encoder config nested in it (a fusion model's ``aligner``)."""
+    aligner = values.get("aligner")
+    return [values, aligner] if isinstance(aligner, dict) else [values]
+
+
 def _canonical_config(model_type: str, config: Config) -> str:
     values = config.model_dump(mode="json")
-    # A field at the value its absence means (see _upgrade_legacy_config) is left out, so a checkpoint
-    # written before the field existed keeps its fingerprint, and the indexes built with it still open.
-    for section in (values, values.get("aligner")):
-        if isinstance(section, dict) and section.get("image_normalization") == "imagenet":
-            del section["image_normalization"]
+    # A field at its legacy value is left out, so a checkpoint written before the field existed keeps
+    # its fingerprint, and the indexes built with it still open.
+    for section in _config_sections(values):
+        for name, legacy in _LEGACY_VALUES.items():
+            if name in section and section[name] == legacy:
+                del section[name]
     return json.dumps({"model_type": model_type, **values}, sort_keys=True)
 
 
@@ -238,18 +251,16 @@ def read_checkpoint_info(folder: str | os.PathLike[str]) -> CheckpointInfo:
 
 
 def _upgrade_legacy_config(config_class: type[Config], document: dict[str, Any]) -> dict[str, Any]:
-    """Fill fields that older radlens versions did not write with the behaviour those versions had.
-
-    ``image_normalization`` (radlens 0.2): radlens 0.1 normalised the ImageNet-initialised
-    EfficientNet-Lite0's input with ImageNet mean/std, so its checkpoints load with ``"imagenet"`` and
-    keep computing exactly what they were trained to (a fusion model's ``aligner`` too).
-    """
+    """Fill the :data:`_LEGACY_VALUES` fields an older radlens did not write, so its checkpoints keep
+    computing exactly what they were trained to (a fusion model's ``aligner`` too)."""
     upgraded = dict(document)
-    if "image_normalization" in config_class.model_fields and "image_normalization" not in upgraded:
-        upgraded["image_normalization"] = "imagenet"
-    aligner = upgraded.get("aligner")
-    if isinstance(aligner, dict) and "image_normalization" not in aligner:
-        upgraded["aligner"] = {**aligner, "image_normalization": "imagenet"}
+    if isinstance(upgraded.get("aligner"), dict):
+        upgraded["aligner"] = dict(upgraded["aligner"])  # filled below: never the caller's dict
+    for section in _config_sections(upgraded):
+        for name, legacy in _LEGACY_VALUES.items():
+            # an aligner is a dual-encoder config, which has every such field
+            if section is not upgraded or name in config_class.model_fields:
+                section.setdefault(name, legacy)
     return upgraded
 
 
