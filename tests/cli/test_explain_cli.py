@@ -14,13 +14,14 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "retrieval"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "explain"))
+from explain_models import vgg_classifier_checkpoint
 from retrieval_helpers import World, world
 
 from radlens.cli import main
 from radlens.explain import explain
 from radlens.explain._eval_data import load_image_tensor
-from radlens.models import load_checkpoint, save_checkpoint
-from radlens.models.classifier import CheXpertClassifier, ClassifierConfig
+from radlens.models import load_checkpoint
 
 # A phrase no phantom report contains, so finding it in a file can only mean the CLI wrote it there.
 SECRET = "zebra effusion quantum"
@@ -33,11 +34,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> World:
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = CheXpertClassifier(ClassifierConfig(arch="vgg", image_size=64, vgg_widths=(8, 16)))
-    with torch.no_grad():
-        model.head.weight.normal_(0, 0.5)
-    return save_checkpoint(model, tmp_path_factory.mktemp("explain_cli") / "classifier")
+    return vgg_classifier_checkpoint(tmp_path_factory.mktemp("explain_cli") / "classifier")
 
 
 def _error_line(capsys: pytest.CaptureFixture[str]) -> str:

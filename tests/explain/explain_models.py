@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -114,3 +115,15 @@ class ImageTextModel(nn.Module):
         visual = torch.tanh(self.conv(image)).mean(dim=(2, 3))
         text = torch.tanh(self.embed(ids).mean(1))
         return self.head(torch.cat([visual, text], dim=1))
+
+
+def vgg_classifier_checkpoint(folder: Path) -> Path:
+    """A 64 px VGG CheXpert classifier saved to ``folder``, its head spread so the labels' scores differ."""
+    from radlens.models.checkpoint import save_checkpoint
+    from radlens.models.classifier import CheXpertClassifier, ClassifierConfig
+
+    torch.manual_seed(0)
+    model = CheXpertClassifier(ClassifierConfig(arch="vgg", image_size=64, vgg_widths=(8, 16)))
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.5)
+    return save_checkpoint(model, folder)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from explain_models import vgg_classifier_checkpoint
 from torch import nn
 
 from radlens.core import InputError
@@ -189,14 +190,7 @@ def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def classifier_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from radlens.models.checkpoint import save_checkpoint
-    from radlens.models.classifier import CheXpertClassifier, ClassifierConfig
-
-    torch.manual_seed(0)
-    model = CheXpertClassifier(ClassifierConfig(arch="vgg", image_size=64, vgg_widths=(8, 16)))
-    with torch.no_grad():
-        model.head.weight.normal_(0, 0.5)
-    return save_checkpoint(model, tmp_path_factory.mktemp("explain_eval") / "classifier")
+    return vgg_classifier_checkpoint(tmp_path_factory.mktemp("explain_eval") / "classifier")
 
 
 def test_eval_explain_writes_consistent_results(
