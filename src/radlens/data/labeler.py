@@ -282,6 +282,9 @@ _HEDGE_END = (
     r"(?= ?(?:[.,;:?!]|$)| (?:given|in|on|at|as|because|based|clinically|radiographically|from|with|"
     r"considering|now|currently|today|here|anymore)\b)"
 )
+#: A one-word negative answer after a colon ("Pneumothorax: none."): a negation cue (in :data:`_CUES`),
+#: and so, like "normal" or "absent" (their own cues), no clause break (:data:`_CLAUSE_BREAK`).
+_BARE_NO = r"(?:none|no|nil|negative)"
 _UNLIKELY = (
     r"(?:(?:(?:very|highly|quite|most|extremely) )?(?:unlikely|improbable|doubtful)"
     r"|not (?:very |particularly |clinically |strongly )?(?:likely|probable|suspected|favou?red))"
@@ -374,7 +377,7 @@ _CUES: tuple[tuple[str, str, str], ...] = (
     ),
     # negation
     (  # a bare answer after a colon, "Pneumothorax: none." (such a colon does not end the clause)
-        r"(?:(?<=: )|(?<=:))(?:none|no|nil|negative)(?: (?:seen|identified))?(?= *(?:[.,;?!]|$))",
+        rf"(?:(?<=: )|(?<=:)){_BARE_NO}(?: (?:seen|identified))?(?= *(?:[.,;?!]|$))",
         NEG,
         POST,
     ),
@@ -574,7 +577,7 @@ _CLAUSE_WORDS = (
 )
 # A colon ends a clause unless a bare answer follows it: "Pneumothorax: none.", "Heart size: normal."
 _COLON_ANSWER = (
-    r" *(?:none|no|nil|negative|absent|normal|unremarkable|clear|"
+    rf" *(?:{_BARE_NO}|absent|normal|unremarkable|clear|"
     r"(?:none|not) (?:seen|identified|present))(?= *(?:[.,;?!]|$))"
 )
 # Every branch starts with a literal character, which ``re`` checks before trying the branch.
