@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -214,6 +215,24 @@ def test_thumbnails_are_small_and_cached(app: Any, client: Any, retriever: Any) 
     assert store._render.cache_info().hits == hits_before + 1
     assert max(Image.open(io.BytesIO(first.content)).size) <= store.sides["thumb"]
     assert "max-age" in first.headers["cache-control"]
+
+
+def test_the_png_cache_is_bounded_by_bytes_not_count(tmp_path: Path) -> None:
+    from radlens.web._images import ImageStore
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for number in range(6):  # noise does not compress: each full PNG is about 64 KB
+        path = tmp_path / f"{number}.png"
+        Image.fromarray(rng.integers(0, 256, (256, 256), dtype=np.uint8), mode="L").save(path)
+        paths.append(path)
+    one = len(ImageStore(full_side=256, cache_mb=1).png(paths[0], "full"))
+    store = ImageStore(full_side=256, cache_mb=2.5 * one / 2**20)  # room for two of them
+    served = [store.png(path, "full") for path in paths]
+    assert all(len(png) > 0.9 * one for png in served)
+    assert one <= store.cached_bytes <= 2.5 * one  # the older ones went; at most two are held
+    assert store.png(paths[-1], "full") == served[-1] and "hits=1" in store.cache_info()
+    assert ImageStore(full_side=256, cache_mb=0.5 * one / 2**20).png(paths[0], "full") == served[0]
 
 
 def _explain(client: Any, **body: Any) -> Any:

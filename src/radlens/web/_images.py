@@ -13,12 +13,13 @@ bombs), then the image is decoded by the data layer.
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 import tempfile
+import threading
 from pathlib import Path
 
+import cachetools
 import numpy as np
 from PIL import Image
 
@@ -47,11 +48,19 @@ def to_png(pixels: np.ndarray, max_side: int) -> bytes:
 
 
 class ImageStore:
-    """PNG renderings of indexed image files, kept in an LRU cache (``cache_size`` entries)."""
+    """PNG renderings of indexed image files, kept in an LRU cache bounded by bytes (``cache_mb``).
 
-    def __init__(self, thumb_side: int = 192, full_side: int = 1024, cache_size: int = 512) -> None:
+    The bound is on the PNGs' total size, not their count: a full-size rendering can be a hundred times
+    a thumbnail's size, so a count bound would let memory run to gigabytes. A PNG larger than the whole
+    cache is served but not kept. The cache is shared by the server's worker threads, hence the lock.
+    """
+
+    def __init__(self, thumb_side: int = 192, full_side: int = 1024, cache_mb: float = 128.0) -> None:
         self.sides = {"thumb": thumb_side, "full": full_side}
-        self._render = functools.lru_cache(maxsize=cache_size)(self._render_uncached)
+        self._cache: cachetools.LRUCache[tuple[str, str], bytes] = cachetools.LRUCache(
+            maxsize=int(cache_mb * 1024 * 1024), getsizeof=len
+        )
+        self._render = cachetools.cached(self._cache, lock=threading.Lock(), info=True)(self._render_uncached)
 
     def png(self, path: Path, size: str) -> bytes:
         """The PNG of the image at ``path`` in ``size`` ("thumb" or "full"); InputError if unreadable."""
@@ -60,8 +69,14 @@ class ImageStore:
     def _render_uncached(self, path: str, size: str) -> bytes:
         return to_png(load_image(path), self.sides[size])
 
+    @property
+    def cached_bytes(self) -> int:
+        """Total size of the PNGs now held, never above the bound."""
+        return int(self._cache.currsize)
+
     def cache_info(self) -> str:
-        return str(self._render.cache_info())
+        """Hits, misses, and the bytes held against the bound."""
+        return f"{self._render.cache_info()}, {self._cache.currsize} of {self._cache.maxsize} bytes"
 
 
 def decode_upload(data: bytes, filename: str | None, max_pixels: int) -> np.ndarray:

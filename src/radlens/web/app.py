@@ -87,7 +87,8 @@ class Settings:
     from their header, before decoding (422). ``queue_size``: requests admitted per queue, running and
     waiting (503 + Retry-After beyond). ``max_batch``: most text queries embedded in one batch.
     ``cors_origins``: origins allowed to call the API from a browser (none: CORS off). ``thumb_side`` /
-    ``full_side``: longest side of thumbnails / full images served; ``image_cache``: PNGs kept in memory.
+    ``full_side``: longest side of thumbnails / full images served; ``image_cache_mb``: memory for the
+    PNGs kept (least recently used go first).
     """
 
     max_upload_mb: float = 20.0
@@ -97,7 +98,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     thumb_side: int = 192
     full_side: int = 1024
-    image_cache: int = 512
+    image_cache_mb: float = 128.0
 
     @property
     def max_upload_bytes(self) -> int:
@@ -168,7 +169,7 @@ class _Service:
         )
         self.explain_queue = InferenceQueue("explain", settings.queue_size, 1)
         self.image_queue = InferenceQueue("image", max(settings.queue_size, 32), 2)
-        self.images = ImageStore(settings.thumb_side, settings.full_side, settings.image_cache)
+        self.images = ImageStore(settings.thumb_side, settings.full_side, settings.image_cache_mb)
         self._explainer: MatchExplainer | None = None
         # Row numbers, not ids, address images and studies: ids need not be unique (see schemas).
         self.rows: list[dict[str, Any]] = retriever.index.rows
