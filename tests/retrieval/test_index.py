@@ -193,6 +193,19 @@ def test_stored_vectors_are_the_vectors_built_from(clustered: tuple, kind: str) 
         index.vectors([0, 500])
 
 
+def test_a_loaded_ivf_index_serves_vectors_to_many_threads(clustered: tuple, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = clustered[0][:2000]
+    loaded = VectorIndex.load(VectorIndex.build(base, "ivf", nlist=16).save(tmp_path / "x.faiss"))
+    # The id → list map exists before any read, so concurrent first reads never build it together.
+    assert faiss.extract_index_ivf(loaded.index).direct_map.type != faiss.DirectMap.NoMap
+    chunks = np.array_split(np.random.default_rng(1).permutation(2000), 16)
+    with ThreadPoolExecutor(8) as pool:
+        for rows, got in zip(chunks, pool.map(loaded.vectors, chunks), strict=True):
+            np.testing.assert_array_equal(got, base[rows])
+
+
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
 def test_filtered_search_is_exact_top_k_of_the_allowed_rows(clustered: tuple, kind: str) -> None:
     base, queries = clustered
