@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from explain_models import TinyMBConvNet, randomise_batchnorm
+from explain_models import TinyMBConvNet, randomise_batchnorm, small_vgg
 from torch import nn
 
 from radlens.core import InputError
@@ -83,3 +83,19 @@ def test_activation_maximisation_raises_the_class_log_probability(vgg64: nn.Modu
     # a larger weight on ‖x‖² yields a smaller image
     small = explain(vgg64, shape, 2, "activation_maximisation", n_steps=30, lr=0.1, l2=1.0)
     assert small.attribution is not None and small.attribution.norm() < result.attribution.norm()
+
+
+def test_activation_maximisation_leaves_the_models_gradients_alone() -> None:
+    # A model mid-training: some parameters hold gradients of the user's loss, others none yet.
+    model = small_vgg()
+    held = {name: torch.full_like(p, 0.25) for name, p in model.named_parameters() if "head" in name}
+    for name, param in model.named_parameters():
+        param.grad = held[name].clone() if name in held else None
+    shape = torch.zeros(1, 1, 16, 16, dtype=torch.float64)
+    result = explain(model, shape, 1, "activation_maximisation", n_steps=5, lr=0.1)
+    assert result.diagnostics["log_p_end"][0] > result.diagnostics["log_p_start"][0]
+    for name, param in model.named_parameters():
+        if name in held:
+            assert param.grad is not None and torch.equal(param.grad, held[name]), name
+        else:
+            assert param.grad is None, name

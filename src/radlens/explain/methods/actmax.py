@@ -46,11 +46,12 @@ def run_activation_maximisation(ctx: Context) -> MethodResult:
     history: list[float] = []
     with torch.enable_grad():
         for _ in range(int(ctx.options["n_steps"])):
-            optimiser.zero_grad()
             log_p = _objective(ctx, x)
             objective = log_p - l2 * x.flatten(1).pow(2).sum(1)
             history.append(float(objective.detach().mean()))
-            (-objective.sum()).backward()
+            # Differentiate with respect to the image only: ``.backward()`` would also accumulate
+            # gradients into the model's parameters (the user's ``.grad``, e.g. mid-training).
+            (x.grad,) = torch.autograd.grad(-objective.sum(), x)
             optimiser.step()
         with torch.no_grad():
             final_log_p = _objective(ctx, x)
