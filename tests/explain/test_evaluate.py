@@ -175,6 +175,20 @@ def test_cascading_randomisation_drops_similarity_and_leaves_the_model_alone() -
     assert blind.spearman == pytest.approx([1.0, 1.0, 1.0]) and not blind.passed
 
 
+def test_randomisation_leaves_a_model_in_training_mode_untouched() -> None:
+    # A model mid-training: a forward pass in train mode would move its BatchNorm running statistics.
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 2)
+    ).train()
+    images = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    assert randomisation_order(model, images) == ["4", "0"]
+    cascading_randomisation(model, images, lambda m: _gradient_maps(m, images), layers=2)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert all(module.training for module in model.modules())
+
+
 # --- `eval explain` on RadPhantom ------------------------------------------------------------------
 
 
@@ -251,4 +265,8 @@ def test_eval_explain_refuses_bad_input_and_leaves_nothing(
         evaluate_explanations(ExplainEvalConfig(**base, findings=("No Finding",)), out)
     with pytest.raises(InputError, match="split"):
         evaluate_explanations(ExplainEvalConfig(**{**base, "split": "nosuchsplit"}), out)
+    # An option for a misspelt method would otherwise be dropped without a word.
+    misspelt = {"integrated_gradient": {"n_steps": 4}}
+    with pytest.raises(InputError, match="'integrated_gradient', which is not among the evaluated methods"):
+        evaluate_explanations(ExplainEvalConfig(**base, options=misspelt), out)
     assert not out.exists()

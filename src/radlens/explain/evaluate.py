@@ -44,7 +44,7 @@ from radlens.core import Config, InputError, atomic_directory, atomic_write_text
 from radlens.data.schema import Problem
 from radlens.explain._eval_data import EvalSample, Subject, load_eval_samples, load_subject_model, subject_for
 from radlens.explain.api import METHODS, explain
-from radlens.explain.methods._common import gaussian_blur
+from radlens.explain.methods._common import evaluation, gaussian_blur
 
 #: A method passes the randomisation test when the mean Spearman correlation after the last stage is below this.
 RANDOMISATION_PASS = 0.5
@@ -176,7 +176,10 @@ def perturbation_curves(
 
 
 def randomisation_order(model: nn.Module, *inputs: Any) -> list[str]:
-    """Conv and linear layers with parameters, in reverse order of their first use in a forward pass."""
+    """Conv and linear layers with parameters, in reverse order of their first use in a forward pass.
+
+    The pass runs in eval mode (the model's modes are restored afterwards), so the model is left unchanged.
+    """
     used: list[str] = []
     handles = []
     for name, module in model.named_modules():
@@ -188,7 +191,9 @@ def randomisation_order(model: nn.Module, *inputs: Any) -> list[str]:
 
             handles.append(module.register_forward_hook(hook))
     try:
-        with torch.no_grad():
+        # In eval mode, as every explanation runs: a forward pass in train mode would update the
+        # BatchNorm running statistics of the caller's model (and dropout would change the order).
+        with evaluation(model), torch.no_grad():
             model(*inputs)
     finally:
         for handle in handles:
@@ -333,6 +338,13 @@ def evaluate_explanations(config: ExplainEvalConfig, out: Path, overwrite: bool 
     unknown = [m for m in config.methods if m not in METHODS or m == "activation_maximisation"]
     if unknown:
         raise InputError(f"unknown or non-attribution method {unknown[0]!r}", f"use: {', '.join(METHODS)}")
+    stray = [name for name in config.options if name not in config.methods]
+    if stray:
+        # Options are only read for the evaluated methods: a misspelt method name would be ignored silently.
+        raise InputError(
+            f"options given for {stray[0]!r}, which is not among the evaluated methods",
+            f"evaluated: {', '.join(config.methods)}",
+        )
     model, model_type, native_size = load_subject_model(Path(config.model))
     size = config.image_size or native_size
     tolerance = default_tolerance(size) if config.tolerance is None else config.tolerance
