@@ -61,6 +61,42 @@ def test_smoothgrad_is_reproducible_and_differs_from_the_gradient(
     assert not torch.allclose(first.attribution, _grad(vgg64, images64, 0))
 
 
+class _Cube(nn.Module):
+    """f(x) = Σ x³: its SmoothGrad, 3·mean((x + σz)²), grows with the noise level σ."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.pow(3).flatten(1).sum(1, keepdim=True)
+
+
+def test_smoothgrad_noise_follows_each_images_own_range(vgg64: nn.Module, images64: torch.Tensor) -> None:
+    # Noise is a fraction of each image's value range: an image scaled by c gets c times the noise,
+    # so for f = Σ x³ its SmoothGrad is c² times the original's, whatever else is in the batch.
+    x = torch.rand(1, 1, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    pair = explain(_Cube(), torch.cat([x, 4 * x]), 0, "smoothgrad", n_samples=6, noise=0.5)
+    assert pair.attribution is not None
+    spans = [float(x.max() - x.min()), 4 * float(x.max() - x.min())]
+    assert pair.diagnostics["noise_std"] == pytest.approx([0.5 * span for span in spans])
+    torch.testing.assert_close(pair.attribution[1], 16 * pair.attribution[0], rtol=1e-9, atol=1e-12)
+    # An image's map does not depend on the batch it comes in.
+    images = torch.cat([images64, 0.2 * images64[:1]])
+    batch = explain(vgg64, images, 0, "smoothgrad", n_samples=5, internal_batch_size=3, seed=7)
+    assert batch.attribution is not None
+    for item in range(images.shape[0]):
+        alone = explain(
+            vgg64, images[item : item + 1], 0, "smoothgrad", n_samples=5, internal_batch_size=3, seed=7
+        )
+        assert alone.attribution is not None
+        torch.testing.assert_close(batch.attribution[item], alone.attribution[0], rtol=1e-9, atol=1e-12)
+
+
+def test_smoothgrad_leaves_the_global_random_state_alone(vgg64: nn.Module, images64: torch.Tensor) -> None:
+    torch.manual_seed(11)
+    expected = torch.rand(4)
+    torch.manual_seed(11)
+    explain(vgg64, images64, 0, "smoothgrad", n_samples=3, seed=5)
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_integrated_gradients_agrees_with_captum(vgg64: nn.Module, images64: torch.Tensor) -> None:
     baseline = torch.full_like(images64, 0.25)
     reference = IntegratedGradients(lambda x: vgg64(x)[:, 1]).attribute(

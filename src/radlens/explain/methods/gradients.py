@@ -65,32 +65,47 @@ def run_smoothgrad(ctx: Context) -> MethodResult:
 
     ``noise`` is the noise standard deviation as a fraction of each image's value range; ``n_samples`` the
     number of copies; ``seed`` makes it reproducible; ``internal_batch_size`` caps the images per forward.
+    Each image is smoothed on its own, with its own noise level and the noise drawn from ``seed``, so its
+    map does not depend on the other images in the batch. The caller's random state is left as it was.
     """
     from captum.attr import NoiseTunnel, Saliency
 
     image = ctx.image
     assert ctx.image_index is not None
+    index = ctx.image_index
     span = (image.flatten(1).amax(1) - image.flatten(1).amin(1)).clamp(min=1e-12)
-    stdevs = float(ctx.options["noise"]) * float(span.mean())
+    stdevs = [float(ctx.options["noise"]) * float(value) for value in span]
     samples = int(ctx.options["n_samples"])
-    per_pass = max(1, int(ctx.options["internal_batch_size"] or samples * image.shape[0]) // image.shape[0])
+    per_pass = min(samples, int(ctx.options["internal_batch_size"] or samples))
     forward = ctx.image_score_fn()
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(int(ctx.options["seed"]))
-    try:
-        with torch.enable_grad():
-            attribution = NoiseTunnel(Saliency(forward)).attribute(
-                image,
-                nt_type="smoothgrad",
-                nt_samples=samples,
-                nt_samples_batch_size=min(samples, per_pass),
-                stdevs=stdevs,
-                abs=False,
-                additional_forward_args=ctx.others(ctx.image_index) or None,
+    others = ctx.others(index)
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    maps = []
+    with torch.random.fork_rng(devices=cuda), torch.enable_grad():
+        for item, stdev in enumerate(stdevs):
+            torch.manual_seed(int(ctx.options["seed"]))
+            maps.append(
+                NoiseTunnel(Saliency(forward)).attribute(
+                    image[item : item + 1],
+                    nt_type="smoothgrad",
+                    nt_samples=samples,
+                    nt_samples_batch_size=per_pass,
+                    stdevs=stdev,
+                    abs=False,
+                    additional_forward_args=_item_args(others, item, image.shape[0]) or None,
+                )
             )
-    finally:
-        torch.random.set_rng_state(generator_state)
-    return MethodResult(attribution=attribution.detach(), diagnostics={"noise_std": stdevs})
+    return MethodResult(attribution=torch.cat(maps).detach(), diagnostics={"noise_std": stdevs})
+
+
+def _item_args(others: tuple[Any, ...], item: int, batch: int) -> tuple[Any, ...]:
+    """The extra inputs for batch item ``item``: per-item tensors (first dimension ``batch``) sliced."""
+    return tuple(
+        value[item : item + 1]
+        if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == batch
+        else value
+        for value in others
+    )
 
 
 def _embedding_layer(ctx: Context) -> tuple[str, nn.Module]:
