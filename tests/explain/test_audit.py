@@ -44,6 +44,23 @@ def test_relevance_shares_split_positive_relevance_between_marker_and_lesion() -
     assert math.isnan(relevance_shares(-np.abs(heatmap), lesion, marker, 1)["marker_share"])
 
 
+def test_an_audit_without_methods_is_refused_not_flagged(tmp_path: Path) -> None:
+    from radlens.core import InputError
+    from radlens.explain.audit import ShortcutAuditConfig, run_shortcut_audit
+
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2)
+    )
+    mask = np.zeros((8, 8), dtype=bool)
+    mask[0, 0] = True
+    # "At least half of the methods flag it" holds for no methods at all: that must not flag the model.
+    with pytest.raises(InputError, match="at least one explanation method"):
+        audit_model(model.eval(), torch.rand(1, 1, 8, 8), [mask], [mask], 0, [])
+    with pytest.raises(InputError, match="at least one explanation method"):
+        run_shortcut_audit(ShortcutAuditConfig(methods=()), tmp_path / "audit")
+    assert not (tmp_path / "audit").exists()
+
+
 def _synthetic(
     n: int, seed: int, both: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

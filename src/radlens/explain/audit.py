@@ -128,6 +128,9 @@ def audit_model(
     apply the decision rule (module docstring)."""
     if not len(images) == len(lesion_masks) == len(marker_masks) or not len(images):
         raise InputError("need the same positive number of images, lesion masks and marker masks")
+    if not methods:
+        # "at least half of the methods flag it" holds vacuously for none: every model would be flagged.
+        raise InputError("the audit needs at least one explanation method", "pass e.g. gradcam,lrp_epsilon")
     audits: dict[str, MethodAudit] = {}
     for method in methods:
         chosen = EVAL_OPTIONS.get(method, {}) | (options or {}).get(method, {})
@@ -223,6 +226,8 @@ def _check(config: ShortcutAuditConfig) -> None:
         raise InputError(
             f"unknown finding {config.finding!r}", f"use one of: {', '.join(CHEXPERT_LABELS[:8])}, ..."
         )
+    if not config.methods:
+        raise InputError("the audit needs at least one explanation method", "pass e.g. gradcam,lrp_epsilon")
     bad = [m for m in config.methods if m not in METHODS or m == "activation_maximisation"]
     if bad:
         raise InputError(f"unknown or non-attribution method {bad[0]!r}", f"use: {', '.join(METHODS)}")
