@@ -106,6 +106,11 @@ def test_explain_dual_encoder_writes_word_scores_and_keeps_the_text_out_of_every
         (["--text", "   "], "--text is empty"),
         (["--label", "Broken Bone"], "unknown --label 'Broken Bone'"),
         (["--model", "{dual}"], "pass --text"),
+        (["--image-size", "-5"], "--image-size must be at least 16 (got -5)"),
+        (["--image-size", "0"], "--image-size must be at least 16 (got 0)"),
+        (["--method", "activation_maximisation"], "does not explain --image"),
+        (["--text", "left effusion"], "--text is for a dual encoder or fusion model"),
+        (["--model", "{dual}", "--text", "left effusion", "--label", "Edema"], "--label is for classifiers"),
     ],
 )
 def test_explain_bad_input_is_one_line_and_writes_nothing(

@@ -174,6 +174,14 @@ def explain_image(
 
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}", f"use one of: {', '.join(METHODS)}")
+    if method == "activation_maximisation":
+        raise InputError(
+            "activation_maximisation synthesises an image of its own, it does not explain --image",
+            "call radlens.explain.explain(..., method='activation_maximisation') from Python, "
+            "or choose an attribution method",
+        )
+    if image_size is not None and image_size < 16:
+        raise InputError(f"--image-size must be at least 16 (got {image_size})", "omit it to use the model's")
     if out.suffix.lower() != ".png" or out.is_dir():
         raise InputError(f"--out {out} is not a .png file path", "pass a path ending in .png")
     if not image.is_file():
@@ -189,11 +197,17 @@ def explain_image(
     if model_type in ("dual_encoder", "fusion"):
         if text is None:
             raise InputError(f"a {model_type} explains how an image matches a text", "pass --text")
+        if label is not None:
+            raise InputError(f"--label is for classifiers, a {model_type} explains a text", "drop --label")
         title, heatmap, signed, words = _explain_retrieval(loaded, model_type, pixels, text, method)
         if words is not None:
             save_tokens_html(html_path, words.tokens, words.token_scores, title="word relevance")
             wrote.append(html_path)
     else:
+        if text is not None:
+            raise InputError(
+                "--text is for a dual encoder or fusion model, a classifier explains a label", "use --label"
+            )
         labels = list(loaded.labels)  # type: ignore[arg-type]
         with torch.no_grad():
             probabilities = torch.sigmoid(loaded(pixels))[0]
