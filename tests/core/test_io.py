@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,8 @@ from radlens.core import (
     atomic_write_text,
     prepare_output_dir,
 )
+from radlens.core import io as core_io
+from radlens.core.io import _umask
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path: Path) -> None:
@@ -89,3 +93,94 @@ def test_unwritable_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     )
     with pytest.raises(InputError, match="cannot write"):
         prepare_output_dir(tmp_path / "out", overwrite=False)
+
+
+@pytest.mark.parametrize("proc", [True, False])  # False: a system without /proc/self/status
+def test_concurrent_umask_reads_neither_see_nor_leave_a_wrong_umask(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, proc: bool
+) -> None:
+    """Reading the umask by setting it to 0 and back is a race between threads (the web app's worker
+    threads, a DataLoader's): two readers interleaving left the process umask at 0, so every file
+    created afterwards was world-writable. ``os.umask`` is made to yield to other threads after each
+    call, so the interleaving that happens now and then in real runs happens in every run here."""
+    real_umask = os.umask
+
+    def yielding_umask(mask: int) -> int:
+        old = real_umask(mask)
+        time.sleep(0.0001)
+        return old
+
+    threads_n, calls = 4, 100
+    seen: list[set[int]] = [set() for _ in range(threads_n)]
+    start = threading.Barrier(threads_n)
+
+    def read(slot: int) -> None:
+        start.wait()
+        for _ in range(calls):
+            seen[slot].add(_umask())
+
+    if not proc:
+        monkeypatch.setattr(core_io, "_PROC_STATUS", str(tmp_path / "absent"), raising=False)
+    previous = real_umask(0o027)
+    monkeypatch.setattr(os, "umask", yielding_umask)
+    try:
+        threads = [threading.Thread(target=read, args=(slot,)) for slot in range(threads_n)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        left = real_umask(0o027)
+    finally:
+        real_umask(previous)
+    assert set().union(*seen) == {0o027}
+    assert left == 0o027
+
+
+@pytest.mark.parametrize("name", ["r" * 250 + ".json", "é" * 126 + "a.j"])  # 255 bytes: the limit
+def test_names_at_the_length_limit_are_writable(tmp_path: Path, name: str) -> None:
+    """The temporary sibling (".NAME.xxxxxxxx.tmp") must fit in a path component too."""
+    assert len(os.fsencode(name)) == 255
+    written = atomic_write_text(tmp_path / name, "text")
+    assert written.read_text() == "text"
+    with atomic_directory(tmp_path / "dirs" / name) as tmp:
+        (tmp / "inner.txt").write_text("x")
+    with atomic_directory(tmp_path / "dirs" / name, overwrite=True) as tmp:  # the replace path
+        (tmp / "inner.txt").write_text("y")
+    assert (tmp_path / "dirs" / name / "inner.txt").read_text() == "y"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["dirs", name])
+    assert [p.name for p in (tmp_path / "dirs").iterdir()] == [name]
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o664])
+def test_replacing_a_file_keeps_its_permission_bits(tmp_path: Path, mode: int) -> None:
+    """As a plain ``open(path, "w")`` would: results a user made private must not become readable."""
+    target = tmp_path / "results.json"
+    target.write_text("old")
+    target.chmod(mode)
+    previous = os.umask(0o022)
+    try:
+        atomic_write_text(target, "new")
+    finally:
+        os.umask(previous)
+    assert target.read_text() == "new"
+    assert target.stat().st_mode & 0o777 == mode
+
+
+def test_failed_swap_puts_the_old_folder_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Overwriting moves the old folder aside and the new one in; a failure between the two moves
+    (here: the second rename fails) must leave the old output where it was and no litter."""
+    out = tmp_path / "dataset"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    real_replace = os.replace
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        if str(src).endswith(".partial"):
+            raise OSError("rename failed")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="rename failed"), atomic_directory(out, overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["dataset"]

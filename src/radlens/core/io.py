@@ -9,32 +9,68 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from radlens.core.errors import InputError
 
+_UMASK_LOCK = threading.Lock()
+_PROC_STATUS = "/proc/self/status"  # Linux: holds the umask ("Umask:\t0022")
+_NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
+_RANDOM_CHARS = 8  # what tempfile adds between prefix and suffix
+
 
 def _umask() -> int:
-    """The process umask (setting it is the only way to read it)."""
-    mask = os.umask(0)
-    os.umask(mask)
+    """The process umask, read without changing it where the OS allows.
+
+    Linux reports it in ``/proc/self/status``. Elsewhere setting it is the only way to read it: that
+    is done under a lock (two threads doing set-then-restore at once could leave the process umask at
+    the value one of them set) and sets the restrictive 0o077 meanwhile, so a file another thread
+    creates in that instant is private rather than world-writable.
+    """
+    try:
+        with open(_PROC_STATUS, encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
     return mask
+
+
+def _temp_prefix(name: str, suffix: str) -> str:
+    """``.NAME.`` for a temporary sibling of ``name``, ``NAME`` shortened so that the temporary name
+    (prefix, tempfile's random characters, ``suffix``) fits in one path component: a target whose
+    own name is near the limit must still be writable."""
+    room = _NAME_MAX - len(os.fsencode(suffix)) - _RANDOM_CHARS - 2  # the two dots
+    while len(os.fsencode(name)) > room:
+        name = name[:-1]
+    return f".{name}."
 
 
 def atomic_write_file(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` on a temporary sibling of ``path``, then rename it into place.
 
     For writers that need a file name (``faiss.write_index``, Pillow, ...). The file gets the mode a
-    plain ``open()`` would give (``mkstemp`` makes it 0600); on any exception it is removed.
+    plain ``open()`` would give (``mkstemp`` makes it 0600): a new file ``0o666`` less the umask, a
+    replaced file its old permission bits (a results file made private stays private). On any
+    exception the temporary file is removed.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    suffix = ".tmp"
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=_temp_prefix(target.name, suffix), suffix=suffix, dir=target.parent
+    )
     try:
         try:
-            os.fchmod(fd, 0o666 & ~_umask())
+            os.fchmod(fd, _file_mode(target))
         finally:
             os.close(fd)
         write(Path(tmp_name))
@@ -44,6 +80,17 @@ def atomic_write_file(path: str | os.PathLike[str], write: Callable[[Path], obje
             os.unlink(tmp_name)
         raise
     return target
+
+
+def _file_mode(target: Path) -> int:
+    """The permission bits ``open(target, "w")`` would leave: the existing file's, else 0o666 & ~umask."""
+    try:
+        existing = os.stat(target)
+    except OSError:
+        existing = None
+    if existing is not None and stat.S_ISREG(existing.st_mode):
+        return stat.S_IMODE(existing.st_mode) & 0o777  # not set-id bits: writing clears them
+    return 0o666 & ~_umask()
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -94,21 +141,40 @@ def check_writable_folder(folder: str | os.PathLike[str]) -> Path:
 def atomic_directory(path: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder that replaces ``path`` only when the ``with`` block succeeds.
 
-    On any exception (including Ctrl-C) the temporary folder is removed and ``path`` is untouched.
+    On any exception (including Ctrl-C) the temporary folder is removed and ``path`` is untouched;
+    that holds while an existing ``path`` is being replaced too (it is moved aside, the new folder
+    moved in, and on a failure between the two moves the old folder is put back).
     """
     target = prepare_output_dir(path, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700: give the folder the mode mkdir() would
+    tmp = Path(
+        tempfile.mkdtemp(prefix=_temp_prefix(target.name, ".partial"), suffix=".partial", dir=target.parent)
+    )
     try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700: give the folder the mode mkdir() would
         yield tmp
+        if target.exists():
+            _swap_in(tmp, target)
+        else:
+            os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if target.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-        os.replace(target, trash / target.name)
-        os.replace(tmp, target)
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Replace the folder ``target`` by ``new``; the old one is deleted, or put back on any failure."""
+    trash = Path(tempfile.mkdtemp(prefix=_temp_prefix(target.name, ".old"), suffix=".old", dir=target.parent))
+    old = trash / target.name
+    try:
+        os.replace(target, old)
+    except BaseException:
         shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
+        raise
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(old, target)  # should this fail too, the old folder is kept in ``trash``
+        shutil.rmtree(trash, ignore_errors=True)
+        raise
+    shutil.rmtree(trash, ignore_errors=True)
