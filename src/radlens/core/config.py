@@ -34,7 +34,9 @@ class Config(BaseModel):
     @classmethod
     def from_yaml(cls, text: str) -> Self:
         """Parse YAML text into this config class."""
-        data = yaml.safe_load(text) or {}
+        data = yaml.safe_load(text)
+        if data is None:  # an empty document: no options
+            data = {}
         if not isinstance(data, dict):
             raise InputError("config must be a YAML mapping of option names to values")
         return cls.model_validate(data)
@@ -50,12 +52,20 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The mapping in the YAML file ``path``; one-line :class:`InputError` when it is missing, not
     YAML, or not a mapping of option names to values."""
     config_path = Path(path)
-    if not config_path.is_file():
+    if not config_path.exists():
         raise InputError(f"config file {config_path} not found", "pass the path of a YAML file")
+    if not config_path.is_file():
+        raise InputError(f"config file {config_path} is not a file", "pass the path of a YAML file")
     try:
-        loaded = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+        loaded = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(
+            f"cannot read config file {config_path} ({exc.strerror or exc.__class__.__name__})"
+        ) from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise InputError(f"config file {config_path} is not valid YAML ({exc.__class__.__name__})") from exc
+    if loaded is None:  # an empty file: no options
+        loaded = {}
     if not isinstance(loaded, dict):
         raise InputError(f"config file {config_path} must be a mapping of option names to values")
     return loaded
