@@ -22,9 +22,20 @@ class RadlensError(Exception):
         return self.one_line()
 
     def one_line(self) -> str:
-        """The message and the hint joined on one line, as the CLI prints them."""
-        text = self.message.rstrip(".")
-        return f"{text}: {self.hint}" if self.hint else text
+        """The message and the hint joined on one line, as the CLI prints them.
+
+        Line breaks inside either (a quoted exception, a file name) become single spaces.
+        """
+        text = _single_line(self.message).rstrip(".")
+        return f"{text}: {_single_line(self.hint)}" if self.hint else text
+
+
+def _single_line(text: str) -> str:
+    """``text`` with every line break (and the blanks around it) replaced by one space."""
+    lines = text.splitlines()
+    if lines == [text]:  # no line break
+        return text
+    return " ".join(line.strip() for line in lines if line.strip())
 
 
 class InputError(RadlensError):
