@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -330,3 +331,101 @@ def test_to_markdown_has_one_row_per_metric(embeddings: tuple) -> None:
     assert list(rows) == list(report["image_to_text"])
     assert float(rows["mrr"][0]) == pytest.approx(report["image_to_text"]["mrr"], abs=1e-4)
     assert float(rows["map@10"][1]) == pytest.approx(report["text_to_image"]["map@10"], abs=1e-4)
+
+
+def _reference_order(row_scores: np.ndarray, row_relevance: np.ndarray) -> list[int]:
+    """Item ids best first, tied items non-relevant first (the documented pessimistic order)."""
+    return sorted(range(len(row_scores)), key=lambda j: (-row_scores[j], bool(row_relevance[j])))
+
+
+def _reference_precision_and_ap(scores: np.ndarray, relevance: np.ndarray, k: int) -> tuple[float, float]:
+    """Brute-force precision@k and mAP@k (normaliser min(k, R)), skipping queries with R = 0."""
+    precisions, aps = [], []
+    for row_scores, row_relevance in zip(scores, relevance, strict=True):
+        n_relevant = int(row_relevance.sum())
+        if n_relevant == 0:
+            continue
+        hits, ap = 0, 0.0
+        for position, item in enumerate(_reference_order(row_scores, row_relevance)[:k], start=1):
+            if row_relevance[item]:
+                hits += 1
+                ap += hits / position
+        precisions.append(hits / k)
+        aps.append(ap / min(k, n_relevant))
+    if not precisions:
+        return NAN, NAN
+    return float(np.mean(precisions)), float(np.mean(aps))
+
+
+def test_metrics_agree_with_a_brute_force_reference_on_tied_scores() -> None:
+    """Few score levels (many ties, duplicate items), k past the pool, queries with nothing relevant."""
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        n_queries, n_items = int(rng.integers(1, 6)), int(rng.integers(1, 9))
+        scores = rng.integers(0, int(rng.integers(1, 4)), size=(n_queries, n_items)) / 4.0
+        relevance = rng.random((n_queries, n_items)) < rng.random()
+        gt = rng.integers(0, n_items, size=n_queries)  # may repeat: two queries, one item
+        ranks = [
+            1
+            + sum(
+                scores[q, j] > scores[q, gt[q]] or (scores[q, j] == scores[q, gt[q]] and j != gt[q])
+                for j in range(n_items)
+            )
+            for q in range(n_queries)
+        ]
+        assert target_ranks(scores, gt).tolist() == ranks
+        assert mean_reciprocal_rank(scores, gt) == pytest.approx(np.mean(1 / np.array(ranks)))
+        assert median_rank(scores, gt) == pytest.approx(float(np.median(ranks)))
+        for k in (1, 2, 3, n_items, n_items + 3):
+            assert recall_at_k(scores, gt, k) == pytest.approx(np.mean(np.array(ranks) <= k))
+            precision, average = _reference_precision_and_ap(scores, relevance, k)
+            assert precision_at_k(scores, relevance, k) == pytest.approx(precision, nan_ok=True)
+            assert map_at_k(scores, relevance, k) == pytest.approx(average, nan_ok=True)
+
+
+def test_retrieval_report_agrees_with_the_reference_on_duplicate_studies() -> None:
+    """Duplicate embeddings and repeated label sets, ks past the pool and in any order."""
+    rng = np.random.default_rng(9)
+    images = rng.integers(-1, 2, size=(9, 3)).astype(np.float32)
+    texts = np.concatenate([images[:4], rng.integers(-1, 2, size=(5, 3))]).astype(np.float32)
+    labels = rng.choice([1.0, 0.0, -1.0, NAN], p=[0.15, 0.5, 0.1, 0.25], size=(9, 14))
+    ks = (12, 1, 3)
+    report = retrieval_report(images, texts, labels, ks)
+    for direction, scores in (("image_to_text", images @ texts.T), ("text_to_image", texts @ images.T)):
+        result = report[direction]
+        modes: tuple[tuple[RelevanceMode, str], ...] = (
+            ("identical", ""),
+            ("share_positive", "_share_positive"),
+        )
+        for mode, suffix in modes:
+            relevance = label_relevance(labels, labels, mode)
+            for k in (3, 12):
+                precision, _ = _reference_precision_and_ap(scores, relevance, k)
+                assert result[f"precision@{k}{suffix}"] == pytest.approx(precision, nan_ok=True)
+            _, average = _reference_precision_and_ap(scores, relevance, 12)
+            assert result[f"map@12{suffix}"] == pytest.approx(average, nan_ok=True)
+
+
+def test_scores_in_another_byte_order_or_read_only_are_accepted() -> None:
+    """Scores saved on a big-endian machine, or a read-only (memory-mapped) matrix, rank as usual."""
+    rng = np.random.default_rng(2)
+    scores = rng.random((6, 8))
+    relevance = rng.random((6, 8)) < 0.4
+    relevance[:, 0] = True
+    expected = (
+        precision_at_k(scores, relevance, 3),
+        map_at_k(scores, relevance, 3),
+        recall_at_k(scores, k=2),
+    )
+    swapped = scores.astype(scores.dtype.newbyteorder("S"))  # the other byte order
+    read_only = scores.copy()
+    read_only.setflags(write=False)
+    for variant in (swapped, read_only):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # torch warns when it shares a read-only array
+            got = (
+                precision_at_k(variant, relevance, 3),
+                map_at_k(variant, relevance, 3),
+                recall_at_k(variant, k=2),
+            )
+        assert got == pytest.approx(expected)

@@ -37,7 +37,10 @@ def _scores(scores: Any) -> np.ndarray:
         raise ValueError(f"scores must be a non-empty (n_queries, n_items) matrix, got shape {matrix.shape}")
     if not np.isfinite(matrix).all():
         raise ValueError("scores contain NaN or infinite values")
-    return matrix if np.issubdtype(matrix.dtype, np.floating) else matrix.astype(np.float64)
+    if not np.issubdtype(matrix.dtype, np.floating):
+        return matrix.astype(np.float64)
+    # torch.from_numpy (for topk) refuses another byte order (scores saved on another machine).
+    return matrix if matrix.dtype.isnative else matrix.astype(matrix.dtype.newbyteorder("="))
 
 
 def _gt(gt_index: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -79,7 +82,10 @@ def _top(matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Scores and ids of the ``min(k, n_items)`` best items per row, best first (torch.topk: O(n))."""
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    values, ids = torch.topk(torch.from_numpy(np.ascontiguousarray(matrix)), min(k, matrix.shape[1]), dim=1)
+    array = np.ascontiguousarray(matrix)
+    if not array.flags.writeable:  # a read-only (e.g. memory-mapped) array: torch warns on sharing it
+        array = array.copy()
+    values, ids = torch.topk(torch.from_numpy(array), min(k, matrix.shape[1]), dim=1)
     return values.numpy(), ids.numpy()
 
 
