@@ -85,6 +85,19 @@ def test_output_path_that_is_a_file(tmp_path: Path) -> None:
         prepare_output_dir(path, overwrite=True)
 
 
+def test_an_output_folder_may_not_be_or_hold_an_input(tmp_path: Path) -> None:
+    data = tmp_path / "work" / "data"
+    data.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(data)
+    for out, relation in ((data, "is"), (tmp_path / "link", "is"), (tmp_path / "work", "holds")):
+        for overwrite in (False, True):
+            with pytest.raises(InputError, match=f"{relation} the input"):
+                prepare_output_dir(out, overwrite, inputs=(None, data))
+    # Beside or inside an input is fine: replacing it deletes nothing the command reads.
+    assert prepare_output_dir(tmp_path / "work" / "run", False, inputs=(data,)) == tmp_path / "work" / "run"
+    assert prepare_output_dir(data / "run", False, inputs=(data, None)) == data / "run"
+
+
 def test_unwritable_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Tests run as root in CI, where permission bits do not stop writes; simulate the OS answer.
     real_access = os.access

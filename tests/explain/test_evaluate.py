@@ -270,3 +270,7 @@ def test_eval_explain_refuses_bad_input_and_leaves_nothing(
     with pytest.raises(InputError, match="'integrated_gradient', which is not among the evaluated methods"):
         evaluate_explanations(ExplainEvalConfig(**base, options=misspelt), out)
     assert not out.exists()
+    # Its model or data as the output folder: refused before any work, not replaced by the results.
+    for given in (classifier_checkpoint, phantom):
+        with pytest.raises(InputError, match="is the input"):
+            evaluate_explanations(ExplainEvalConfig(**base), given, overwrite=True)

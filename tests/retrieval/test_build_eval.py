@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -89,6 +90,17 @@ def test_build_refusals(tiny: World, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not found"):
         build_index(tiny.dual, tmp_path / "nowhere", tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_build_never_replaces_its_model_or_data(tiny: World, tmp_path: Path) -> None:
+    model, data = tmp_path / "model", tmp_path / "data"
+    shutil.copytree(tiny.dual, model)
+    shutil.copytree(tiny.data, data)
+    before = sorted(tmp_path.rglob("*"))
+    for out, relation, given in ((model, "is", model), (data, "is", data), (tmp_path, "holds", model)):
+        with pytest.raises(InputError, match=f"{relation} the input {re.escape(str(given))}"):
+            build_index(model, data, out, overwrite=True)
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_eval_equals_retrieval_report_of_the_embeddings(tiny: World, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +96,19 @@ def test_overwrite_replaces_the_old_run_once_the_inputs_are_good(tmp_path: Path,
     assert not (out / "checkpoint-1").exists() and (out / "checkpoint-2").is_dir()
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     assert (out / "eval.json").is_file()
+
+
+def test_overwrite_never_deletes_the_data(
+    tmp_path: Path, phantom: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "runs" / "data"
+    shutil.copytree(phantom, data)
+    before = sorted(data.rglob("*"))
+    config = write_yaml(tmp_path / "tiny.yaml", TINY_CLASSIFIER)
+    for out, relation in ((data, "is"), (data.parent, "holds")):
+        capsys.readouterr()
+        assert (
+            _classifier("--data", str(data), "--out", str(out), "--config", str(config), "--overwrite") == 2
+        )
+        assert f"{relation} the input {data}" in capsys.readouterr().err
+    assert sorted(data.rglob("*")) == before

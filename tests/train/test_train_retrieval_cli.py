@@ -339,3 +339,29 @@ def test_overwrite_restarts_a_run(
     assert printed[-1] == f"wrote {out} (model, metrics.jsonl, loss_curve.png, validation.json)"
     assert not (out / "checkpoint-4").exists() and not (out / "checkpoint-2" / "stale-marker").exists()
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
+
+
+def test_overwrite_never_deletes_an_input(
+    tmp_path: Path, phantom: Path, dual_yaml: Path, dual_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out naming the --data or --base folder, or a folder above one, is refused before anything is
+    read or deleted (with --overwrite the run used to delete the dataset it was about to train on)."""
+    data, base = tmp_path / "inputs" / "data", tmp_path / "inputs" / "base"
+    shutil.copytree(phantom, data)
+    shutil.copytree(dual_run, base)
+    before = {folder: _files(folder) for folder in (data, base)}
+    dual = ["--data", str(data), "--config", str(dual_yaml), "--overwrite"]
+    fusion = ["--data", str(data), "--model", "fusion", "--base", str(base), "--overwrite"]
+    for args, given in (
+        ([*dual, "--out", str(data)], f"is the input {data}"),
+        ([*dual, "--out", str(tmp_path / "inputs")], f"holds the input {data}"),
+        ([*fusion, "--out", str(base)], f"is the input {base}"),
+    ):
+        capsys.readouterr()
+        assert _train(*args) == 2, args
+        assert given in _error_line(capsys)
+    assert {folder: _files(folder) for folder in (data, base)} == before

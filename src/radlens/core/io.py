@@ -12,7 +12,7 @@ import shutil
 import stat
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from radlens.core.errors import InputError
@@ -103,13 +103,20 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def prepare_output_dir(path: str | os.PathLike[str], overwrite: bool) -> Path:
+def prepare_output_dir(
+    path: str | os.PathLike[str],
+    overwrite: bool,
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
+) -> Path:
     """Check that ``path`` can become an output folder, without creating it.
 
-    Raises :class:`InputError` when it exists and is not empty (unless ``overwrite``), is a file,
-    or its parent cannot be written.
+    Raises :class:`InputError` when it exists and is not empty (unless ``overwrite``), is a file, or
+    its parent cannot be written; and when it is, or holds, one of the command's ``inputs`` (``None``
+    entries are skipped): replacing it would delete what the command reads, e.g. ``--out`` given the
+    ``--data`` folder with ``--overwrite``.
     """
     target = Path(path)
+    _check_not_an_input(target, inputs)
     if target.exists():
         if not target.is_dir():
             raise InputError(f"output path {target} is a file", "choose a folder path for --out")
@@ -119,6 +126,21 @@ def prepare_output_dir(path: str | os.PathLike[str], overwrite: bool) -> Path:
             )
     check_writable_folder(target.resolve().parent)
     return target
+
+
+def _check_not_an_input(target: Path, inputs: Iterable[str | os.PathLike[str] | None]) -> None:
+    """InputError when the folder ``target`` is one of ``inputs`` or lies above one (links resolved)."""
+    where = target.resolve()
+    for given in inputs:
+        if given is None:
+            continue
+        source = Path(given).resolve()
+        if source == where or where in source.parents:
+            relation = "is" if source == where else "holds"
+            raise InputError(
+                f"output folder {target} {relation} the input {given}, which writing it would delete",
+                "choose an output folder outside the inputs",
+            )
 
 
 def check_writable_folder(folder: str | os.PathLike[str]) -> Path:
@@ -138,14 +160,20 @@ def check_writable_folder(folder: str | os.PathLike[str]) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(
+    path: str | os.PathLike[str],
+    overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
+) -> Iterator[Path]:
     """Yield a temporary folder that replaces ``path`` only when the ``with`` block succeeds.
+
+    ``path`` is checked first by :func:`prepare_output_dir` (``overwrite``, ``inputs``).
 
     On any exception (including Ctrl-C) the temporary folder is removed and ``path`` is untouched;
     that holds while an existing ``path`` is being replaced too (it is moved aside, the new folder
     moved in, and on a failure between the two moves the old folder is put back).
     """
-    target = prepare_output_dir(path, overwrite)
+    target = prepare_output_dir(path, overwrite, inputs)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(
         tempfile.mkdtemp(prefix=_temp_prefix(target.name, ".partial"), suffix=".partial", dir=target.parent)

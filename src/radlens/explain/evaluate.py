@@ -40,7 +40,15 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from radlens.core import Config, InputError, atomic_directory, atomic_write_text, progress, write_run_metadata
+from radlens.core import (
+    Config,
+    InputError,
+    atomic_directory,
+    atomic_write_text,
+    prepare_output_dir,
+    progress,
+    write_run_metadata,
+)
 from radlens.data.schema import Problem
 from radlens.explain._eval_data import EvalSample, Subject, load_eval_samples, load_subject_model, subject_for
 from radlens.explain.api import METHODS, explain
@@ -345,6 +353,7 @@ def evaluate_explanations(config: ExplainEvalConfig, out: Path, overwrite: bool 
             f"options given for {stray[0]!r}, which is not among the evaluated methods",
             f"evaluated: {', '.join(config.methods)}",
         )
+    prepare_output_dir(out, overwrite, inputs=(config.model, config.data))  # before any work
     model, model_type, native_size = load_subject_model(Path(config.model))
     size = config.image_size or native_size
     tolerance = default_tolerance(size) if config.tolerance is None else config.tolerance

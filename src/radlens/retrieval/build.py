@@ -106,7 +106,7 @@ def build_index(
     """
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
-    prepare_output_dir(out, overwrite)  # fail before loading anything
+    prepare_output_dir(out, overwrite, inputs=(model_dir, data_dir))  # fail before loading anything
     embedder = load_embedder(model_dir, device)
     options: dict[str, Any] = {"splits": splits} if splits else {}
     result = read_dataset(data_dir, format, **options)

@@ -175,7 +175,7 @@ def train_classifier(
     """
     out = Path(out)
     if not resume:
-        prepare_output_dir(out, overwrite)  # checks only: fail before reading anything
+        prepare_output_dir(out, overwrite, inputs=(run.data,))  # checks only: fail before reading anything
     records, problems = _records(run.data, run.split)
     if not records:
         raise InputError(

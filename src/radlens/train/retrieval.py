@@ -737,7 +737,7 @@ def train_retrieval(
     """Train ``config.model`` on the train split of ``config.data`` into ``out``, then validate."""
     out = Path(out)
     if not resume:
-        prepare_output_dir(out, overwrite)
+        prepare_output_dir(out, overwrite, inputs=(config.data, config.base))
     _cache_dir(config, out)  # a cache path that cannot be a folder fails before any work or deletion
     base, image_size = _load_base(config) if config.base else (None, 0)
     fusion_config = config.fusion
