@@ -12,6 +12,7 @@ from radlens.core import (
     atomic_directory,
     atomic_write_file,
     atomic_write_text,
+    check_writable_folder,
     prepare_output_dir,
 )
 from radlens.core import io as core_io
@@ -98,14 +99,34 @@ def test_an_output_folder_may_not_be_or_hold_an_input(tmp_path: Path) -> None:
     assert prepare_output_dir(data / "run", False, inputs=(data, None)) == data / "run"
 
 
-def test_unwritable_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Tests run as root in CI, where permission bits do not stop writes; simulate the OS answer.
-    real_access = os.access
-    monkeypatch.setattr(
-        os, "access", lambda path, mode: False if Path(path) == tmp_path else real_access(path, mode)
-    )
-    with pytest.raises(InputError, match="cannot write"):
-        prepare_output_dir(tmp_path / "out", overwrite=False)
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_a_location_nothing_can_be_created_in(tmp_path: Path) -> None:
+    # /proc refuses new folders even to root, for whom os.access() says yes everywhere (CI runs as root).
+    with pytest.raises(InputError, match="cannot write to /proc"):
+        prepare_output_dir("/proc/radlens-test/out", overwrite=False)
+    assert check_writable_folder(tmp_path / "new" / "out") == tmp_path
+    assert list(tmp_path.iterdir()) == []  # the probe leaves nothing behind
+
+
+@pytest.mark.parametrize(("cwd", "given"), [("here", "."), ("here", "sub/.."), ("here/sub", "..")])
+def test_the_current_folder_or_one_above_it_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cwd: str, given: str
+) -> None:
+    (tmp_path / "here" / "sub").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / cwd)
+    for overwrite in (False, True):
+        with pytest.raises(InputError, match="is the current folder or holds it"):
+            prepare_output_dir(given, overwrite)
+
+
+def test_a_path_ending_in_dot_dot_is_replaced_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "other" / "sub").mkdir(parents=True)
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    with atomic_directory("../other/sub/..", overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "other"]
 
 
 @pytest.mark.parametrize("proc", [True, False])  # False: a system without /proc/self/status

@@ -117,6 +117,7 @@ def prepare_output_dir(
     """
     target = Path(path)
     _check_not_an_input(target, inputs)
+    _check_not_the_current_folder(target)
     if target.exists():
         if not target.is_dir():
             raise InputError(f"output path {target} is a file", "choose a folder path for --out")
@@ -126,6 +127,20 @@ def prepare_output_dir(
             )
     check_writable_folder(target.resolve().parent)
     return target
+
+
+def _check_not_the_current_folder(target: Path) -> None:
+    """InputError when ``target`` is the current folder or lies above it: replacing it would pull the
+    folder out from under the shell that started the command (and ``.`` cannot be renamed at all)."""
+    try:
+        here = Path.cwd().resolve()
+    except OSError:  # the current folder was deleted: nothing to protect
+        return
+    where = target.resolve()
+    if where == here or where in here.parents:
+        raise InputError(
+            f"output folder {target} is the current folder or holds it", "choose a new folder, e.g. --out run"
+        )
 
 
 def _check_not_an_input(target: Path, inputs: Iterable[str | os.PathLike[str] | None]) -> None:
@@ -154,8 +169,15 @@ def check_writable_folder(folder: str | os.PathLike[str]) -> Path:
         probe = probe.parent
     if not probe.is_dir():
         raise InputError(f"output path {probe} is a file", "choose a folder path")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write to {probe}", "choose a location you can write to")
+    # Ask the file system, not os.access: that answers yes to root everywhere, also where nothing can
+    # be created (/proc, a read-only mount, an immutable folder).
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".radlens-", suffix=".probe", dir=probe))
+    except OSError as exc:
+        raise InputError(
+            f"cannot write to {probe} ({exc.strerror or exc.__class__.__name__})",
+            "choose a location you can write to",
+        ) from exc
     return probe
 
 
@@ -173,7 +195,8 @@ def atomic_directory(
     that holds while an existing ``path`` is being replaced too (it is moved aside, the new folder
     moved in, and on a failure between the two moves the old folder is put back).
     """
-    target = prepare_output_dir(path, overwrite, inputs)
+    prepare_output_dir(path, overwrite, inputs)
+    target = Path(os.path.abspath(path))  # "x/..": the folder needs a name of its own to be renamed
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(
         tempfile.mkdtemp(prefix=_temp_prefix(target.name, ".partial"), suffix=".partial", dir=target.parent)
