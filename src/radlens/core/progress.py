@@ -1,4 +1,8 @@
-"""Progress bars for long work (rich), hidden by ``--quiet`` or when stderr is not a terminal."""
+"""Progress bars for long work (rich) on stderr, hidden by ``--quiet``.
+
+On a terminal a bar redraws as work goes on; when stderr is redirected (a log file, CI) rich writes each
+bar once, in its final state, so a log keeps one line per step of work.
+"""
 
 from __future__ import annotations
 
