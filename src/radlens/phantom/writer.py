@@ -16,12 +16,14 @@ Same config → identical bytes, whatever the number of workers: everything rand
 :func:`radlens.phantom.sampling.sample_studies` before any work is shared out; gzip headers carry no
 time or file name; PNG and JPEG encoders write no timestamps; rows are sorted by subject and study.
 The whole folder is built under a temporary name (:func:`radlens.core.atomic_directory`), so an
-interrupted run leaves nothing behind.
+interrupted run (an exception, Ctrl-C or SIGTERM) leaves nothing behind; worker processes end with
+the run, even when the main process is killed outright.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gzip
 import io
 import json
@@ -29,13 +31,16 @@ import multiprocessing
 import os
 import signal
 import struct
+import sys
+import threading
 import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, NoReturn
 
 import numpy as np
 from PIL import Image
@@ -89,15 +94,19 @@ def study_folder(subject_id: int) -> str:
 def generate_dataset(config: PhantomConfig, out: Path, overwrite: bool = False) -> dict[str, Any]:
     """Generate ``config.studies`` studies into ``out`` and return the manifest (also in manifest.json).
 
-    Raises :class:`radlens.core.InputError` when ``out`` is not empty (without ``overwrite``) or cannot
-    be written, or the config names unknown findings. Nothing is left in ``out`` if it fails.
+    Raises :class:`radlens.core.InputError` when ``out`` is not empty (without ``overwrite``), is the
+    current folder or one above it, cannot be written, or the config names
+    unknown findings. Nothing is left in ``out`` if it fails or is stopped (Ctrl-C, SIGTERM).
     """
     out = Path(out)
     prepare_output_dir(out, overwrite)  # fail before any work
     prevalence = effective_prevalence(config)
     specs = sample_studies(config)
     workers = _resolve_workers(config.workers, len(specs))
-    with atomic_directory(out, overwrite) as tmp:
+    with (
+        _terminate_as_exit(),
+        atomic_directory(out, overwrite) as tmp,
+    ):
         with _rendering(specs, config.size, tmp, workers) as results:
             written = list(progress(results, total=len(specs), description="RadPhantom"))
         splits = _assign_splits(specs, config.seed)
@@ -112,14 +121,48 @@ def generate_dataset(config: PhantomConfig, out: Path, overwrite: bool = False) 
     return manifest
 
 
+# --- checks and clean stops ----------------------------------------------------------------------
+
+
+class _Terminated(SystemExit):
+    """SIGTERM arrived: unwinds like Ctrl-C (temporary folder removed, workers stopped), exit 143."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> NoReturn:
+    raise _Terminated(128 + signum)
+
+
+@contextlib.contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """While generating, SIGTERM (``kill``, ``timeout``, a scheduler) unwinds instead of killing.
+
+    Its default action ends the process on the spot: the temporary folder stays and the worker
+    processes, orphaned, wait forever. Only the main thread can set signal handlers; elsewhere
+    (a web server's worker thread) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # --- rendering and per-study files (run in worker processes) -------------------------------------
 
 
 def _resolve_workers(requested: int, n_studies: int) -> int:
-    """``requested`` processes, 0 meaning every core this process may use; never more than needed."""
+    """``requested`` processes, 0 meaning every core this process may use; never more than needed.
+
+    Rendering is CPU-bound, so more processes than usable cores only cost forks and memory (one per
+    study with ``--workers 100000``): the count is capped at the cores. It never changes the output.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if requested == 0:
-        requested = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(requested, n_studies))
+        requested = cores
+    return max(1, min(requested, cores, n_studies))
 
 
 def _chunks(specs: Sequence[StudySpec], workers: int) -> list[Sequence[StudySpec]]:
@@ -145,7 +188,9 @@ def _rendering(
     # fork: workers start in milliseconds and inherit the imports; spawn where fork does not exist.
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_ignore_sigint)
+    executor = ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),)
+    )
     try:
         futures = [executor.submit(_write_chunk, chunk, size, root) for chunk in _chunks(specs, workers)]
         yield (written for future in futures for written in future.result())
@@ -153,9 +198,20 @@ def _rendering(
         executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _ignore_sigint() -> None:
-    """Workers leave Ctrl-C to the main process, which stops them cleanly (no traceback per worker)."""
+def _init_worker(parent: int) -> None:
+    """Workers leave Ctrl-C to the main process, which stops them cleanly (no traceback per worker),
+    and end when the main process dies, even by SIGKILL (Linux), instead of waiting forever."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the main process's handler, inherited by fork
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the main process died before the line above took effect
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def write_studies(specs: Sequence[StudySpec], size: int, root: Path) -> None:
