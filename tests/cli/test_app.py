@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 import sys
 
@@ -59,15 +61,38 @@ def _raise_bug() -> None:
     raise ZeroDivisionError("boom")
 
 
+def _raise_worker_error() -> None:
+    # What torch re-raises for an error in a DataLoader worker: the worker's traceback in the message.
+    raise RuntimeError(
+        "Caught OSError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n  x"
+    )
+
+
+def _raise_disk_full() -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/out/.x.partial/model.safetensors")
+
+
+def _raise_io_error() -> None:
+    raise OSError(errno.EIO, os.strerror(errno.EIO), "/data/out/x")
+
+
+def _interrupted_while_working() -> None:
+    raise KeyboardInterrupt  # what Ctrl-C raises in the middle of a command
+
+
 @pytest.fixture
 def failing_commands() -> None:
     app.command("raise-input")(_raise_input_error)
     app.command("raise-bug")(_raise_bug)
     app.command("raise-markup")(_raise_markup_error)
+    app.command("raise-interrupt")(_interrupted_while_working)
+    app.command("raise-worker")(_raise_worker_error)
+    app.command("raise-disk-full")(_raise_disk_full)
+    app.command("raise-io")(_raise_io_error)
     yield
-    app.registered_commands[:] = [
-        c for c in app.registered_commands if c.name not in {"raise-input", "raise-bug", "raise-markup"}
-    ]
+    names = {"raise-input", "raise-bug", "raise-markup", "raise-interrupt", "raise-worker", "raise-disk-full"}
+    names |= {"raise-io"}
+    app.registered_commands[:] = [c for c in app.registered_commands if c.name not in names]
 
 
 @pytest.mark.usefixtures("failing_commands")
@@ -85,6 +110,41 @@ def test_internal_error_exit_1_traceback_only_with_debug(capsys: pytest.CaptureF
     assert "internal error: ZeroDivisionError: boom" in err and "Traceback" not in err
     assert main(["--debug", "raise-bug"]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("failing_commands")
+def test_an_internal_error_is_one_line_even_from_a_worker(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["raise-worker"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "error: internal error: RuntimeError: Caught OSError in DataLoader worker process 0. "
+        "(rerun with --debug for the traceback)"
+    )
+
+
+@pytest.mark.usefixtures("failing_commands")
+def test_a_full_disk_is_the_users_to_fix_other_os_errors_are_internal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["raise-disk-full"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "error: No space left on device (/data/out/.x.partial/model.safetensors): free some space or "
+        "choose a location you can write to"
+    )
+    assert main(["raise-io"]) == 1
+    assert capsys.readouterr().err.strip().startswith("error: internal error: OSError: [Errno 5]")
+
+
+@pytest.mark.usefixtures("failing_commands")
+def test_ctrl_c_exits_130_with_the_traceback_only_with_debug(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["raise-interrupt"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "error: interrupted" and "Traceback" not in err
+    assert main(["--debug", "raise-interrupt"]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "_interrupted_while_working" in err
+    assert err.strip().splitlines()[-1] == "error: interrupted"
 
 
 def test_every_command_has_help() -> None:

@@ -8,12 +8,15 @@ else prints one line and exits 1; ``--debug`` shows the traceback.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 import traceback
+from typing import Any
 
 import typer
 from rich.markup import escape
+from typer.core import TyperGroup
 from typer.main import get_command
 
 from radlens import __version__
@@ -33,7 +36,32 @@ _COMMAND_MODULES = (
     "radlens.cli.demo_cmd",
 )
 
+
+#: OSError numbers that mean "this location cannot take the output" (a full disk, a read-only mount, a
+#: lost permission): the user can act on them, so they get the one-line error, not "internal error".
+_CANNOT_WRITE = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG}
+)
+
+
+class _Interrupted(Exception):
+    """Ctrl-C during a command; its ``__cause__`` is the KeyboardInterrupt (with where it happened)."""
+
+
+class _RadlensGroup(TyperGroup):
+    """The root command group. Typer turns a KeyboardInterrupt into a silent exit 130, losing where it
+    happened; this hands it on to :func:`main` as :class:`_Interrupted` instead."""
+
+    def invoke(self, ctx: Any) -> Any:
+        """Run the command (and its group callbacks), passing Ctrl-C on as :class:`_Interrupted`."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Interrupted() from exc
+
+
 app = typer.Typer(
+    cls=_RadlensGroup,
     name="radlens",
     help="Vision-language and generative models for radiology, with explanations that can be checked. "
     "Research use only — not for diagnosis.",
@@ -85,6 +113,15 @@ def _usage_message(message: str) -> str:
     return message.replace("\n", " ")
 
 
+def _interrupted(cause: BaseException, debug: bool) -> int:
+    """Say that the command was interrupted (with --debug, where: e.g. a command that seemed to hang)
+    and return the exit code of a Ctrl-C, 130."""
+    if debug:
+        traceback.print_exception(cause)
+    _error("interrupted")
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return (and, as a script, exit with) its exit code."""
     args = sys.argv[1:] if argv is None else argv
@@ -95,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         code = result if isinstance(result, int) else 0
     except typer.Exit as exc:
         code = exc.exit_code
-    except typer.Abort:
-        _error("interrupted")
-        code = 130
+    except _Interrupted as exc:
+        code = _interrupted(exc.__cause__ or exc, debug)
+    except typer.Abort as exc:  # end of input (EOFError) at a prompt
+        code = _interrupted(exc.__cause__ or exc, debug)
     except typer.TyperException as exc:  # bad usage: unknown option, missing argument, bad value
         # Typer vendors click; its usage errors derive from TyperException and carry these attributes.
         ctx = getattr(exc, "ctx", None)
@@ -110,14 +148,23 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         _error(exc.one_line())
         code = exc.exit_code
-    except KeyboardInterrupt:
-        _error("interrupted; partial outputs were removed")
-        code = 130
+    except KeyboardInterrupt as exc:  # outside the command (e.g. while the CLI is set up)
+        code = _interrupted(exc, debug)
     except Exception as exc:
         if debug:
             traceback.print_exc()
-        _error(f"internal error: {exc.__class__.__name__}: {exc} (rerun with --debug for the traceback)")
-        code = 1
+        if isinstance(exc, OSError) and exc.errno in _CANNOT_WRITE:
+            where = f" ({exc.filename})" if exc.filename else ""
+            _error(f"{exc.strerror}{where}: free some space or choose a location you can write to")
+            code = 2
+        else:
+            # The first line only: an exception re-raised from a DataLoader worker carries the worker's
+            # whole traceback in its message, which is what --debug is for.
+            first = str(exc).strip().split("\n", 1)[0]
+            _error(
+                f"internal error: {exc.__class__.__name__}: {first} (rerun with --debug for the traceback)"
+            )
+            code = 1
     if argv is None:
         sys.exit(code)
     return code
