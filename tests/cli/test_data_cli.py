@@ -183,3 +183,28 @@ def test_wordpiece_counts_match_the_bert_tokenizer() -> None:
     expected = [len(reference(text, truncation=False)["input_ids"]) for text in texts]
     assert token_counts(texts, "wordpiece") == expected
     assert expected[1] > 256  # the bundle's 128-token truncation is off
+
+
+def test_stats_checks_out_before_reading_the_dataset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A non-empty --out (or one under a file) is refused before the dataset is read, its reports
+    counted and its images probed (minutes on MIMIC-CXR), not after."""
+    table = build_table(tmp_path)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "old.png").write_bytes(b"an earlier plot")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x", encoding="utf-8")
+
+    def _no_reading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the dataset was read before --out was checked")
+
+    monkeypatch.setattr("radlens.data.readers.read_dataset", _no_reading)
+    code, _, err = run(capsys, "stats", table, "--format", "csv", "--out", busy)
+    assert code == 2 and err.strip() == (
+        f"error: output folder {busy} is not empty: choose an empty folder or pass --overwrite"
+    )
+    code, _, err = run(capsys, "stats", table, "--format", "csv", "--out", a_file / "plots")
+    assert code == 2 and err.strip() == f"error: output path {a_file} is a file: choose a folder path"
+    assert [path.name for path in busy.iterdir()] == ["old.png"]

@@ -128,3 +128,21 @@ def test_existing_output_needs_overwrite(tmp_path: Path, capsys: pytest.CaptureF
     assert "is a folder" in _error(capsys, ["label", "--in", str(source), "--out", str(tmp_path)])
     assert main(["-q", "label", "--in", str(source), "--out", str(out), "--overwrite"]) == 0
     assert out.read_text().startswith("Reports,")
+
+
+def test_output_under_a_file_is_refused_before_labelling(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--out notes.txt/labels.csv`` is one line and exit 2 before any report is labelled (it was an
+    internal error, exit 1, after labelling them all)."""
+    source = _write_csv(tmp_path / "reports.csv", REPORTS)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me", encoding="utf-8")
+
+    def _no_labelling(text: str) -> None:
+        raise AssertionError("reports were labelled before --out was checked")
+
+    monkeypatch.setattr("radlens.cli.label_cmd.label_report", _no_labelling)
+    message = _error(capsys, ["label", "--in", str(source), "--out", str(a_file / "labels.csv")])
+    assert f"output path {a_file} is a file" in message
+    assert a_file.read_text(encoding="utf-8") == "keep me"

@@ -1,4 +1,4 @@
-"""Output shared by the commands."""
+"""Output and option checks shared by the commands."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import typer
+
+from radlens.core import InputError
 
 if TYPE_CHECKING:
     from radlens.data.schema import Problem
@@ -24,3 +26,9 @@ def report_skipped(problems: Sequence[Problem], source: object) -> None:
     typer.echo(f"skipped {len(problems)} items while reading {source}:", err=True)
     for problem in problems[:SHOWN_PROBLEMS]:
         typer.echo(f"  {problem.path}: {problem.reason}", err=True)
+
+
+def check_choice(option: str, value: str | None, choices: tuple[str, ...]) -> None:
+    """InputError when ``value`` (given for ``option``) is not one of ``choices``."""
+    if value is not None and value not in choices:
+        raise InputError(f"unknown {option} {value!r}", f"use one of {', '.join(choices)}")

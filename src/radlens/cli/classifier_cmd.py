@@ -7,8 +7,15 @@ from typing import Any
 
 import typer
 
-from radlens.cli._output import report_skipped
-from radlens.core import InputError, is_quiet, read_config_file, set_quiet
+from radlens.cli._output import check_choice, report_skipped
+from radlens.core import InputError, is_quiet, prepare_output_dir, read_config_file, set_quiet
+
+# radlens.train.classifier imports torch (~5 s), so the option values are spelled here, equal to the
+# keys of radlens.train.classifier.PRESETS and radlens.models.classifier's Arch and UncertainPolicy
+# (a test keeps them so).
+_PRESETS = ("cpu-demo", "paper")
+_ARCHS = ("efficientnet", "vgg")
+_UNCERTAIN = ("ignore", "positive", "negative")
 
 
 def train_classifier_command(
@@ -39,16 +46,27 @@ def train_classifier_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Hide progress bars and the summary."),
 ) -> None:
     """Train the CheXpert classifier (masked BCE over the 14 labels) and score it per label."""
-    from radlens.train.classifier import build_run_config, train_classifier
-
     if quiet:
         set_quiet(True)
+    # Check the options before importing the training stack (~5 s: torch), so a mistyped option costs a
+    # second, not six.
     if resume and overwrite:
         raise InputError("--resume and --overwrite contradict each other", "pass one of them")
-    if arch not in ("efficientnet", "vgg"):
-        raise InputError(f"unknown --arch {arch!r}", "use efficientnet or vgg")
+    check_choice("--preset", preset, _PRESETS)
+    check_choice("--arch", arch, _ARCHS)
+    check_choice("--uncertain", uncertain, _UNCERTAIN)
+    for option, number in (("--max-steps", max_steps), ("--batch-size", batch_size)):
+        if number is not None and number < 1:
+            raise InputError(f"{option} must be at least 1 (got {number})")
+    if lr is not None and not lr > 0:
+        raise InputError(f"--lr must be above 0 (got {lr})")
     if not data.is_dir():
         raise InputError(f"dataset folder {data} not found", "pass a RadPhantom or MIMIC-CXR-JPG folder")
+    if resume:
+        if not out.is_dir():
+            raise InputError(f"no checkpoint to resume in {out}", "start without --resume (or check --out)")
+    else:
+        prepare_output_dir(out, overwrite, inputs=(data,))
     overrides: dict[str, Any] = _yaml_overrides(config_path)
     for section, key, value in (
         ("train", "max_steps", max_steps),
@@ -61,6 +79,8 @@ def train_classifier_command(
     ):
         if value is not None:
             (overrides.setdefault(section, {}) if section else overrides)[key] = value
+    from radlens.train.classifier import build_run_config, train_classifier
+
     run = build_run_config(data, preset, arch, overrides)  # type: ignore[arg-type]
     summary = train_classifier(run, out, resume=resume, overwrite=overwrite)
     report_skipped(summary.problems, data)

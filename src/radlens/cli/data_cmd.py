@@ -17,7 +17,14 @@ from typing import Any, Literal, get_args
 import typer
 from pydantic import Field
 
-from radlens.core import Config, InputError, atomic_directory, progress, write_run_metadata
+from radlens.core import (
+    Config,
+    InputError,
+    atomic_directory,
+    prepare_output_dir,
+    progress,
+    write_run_metadata,
+)
 from radlens.core.progress import stderr_console
 from radlens.data.schema import CHEXPERT_LABELS, ReadResult
 
@@ -207,6 +214,7 @@ def stats(
             "max_images": max_images,
         },
     )
+    prepare_output_dir(out, overwrite)  # before reading, counting and probing the whole dataset
     result = read_dataset(dataset, config.format, **_options(False, "none", view, split, label))
     summary = write_stats(result, config, out, overwrite)
     stderr_console.print(

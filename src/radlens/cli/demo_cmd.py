@@ -25,7 +25,7 @@ from typing import Any
 import typer
 from pydantic import Field
 
-from radlens.core import Config, InputError, write_run_metadata
+from radlens.core import Config, InputError, check_writable_folder, write_run_metadata
 
 #: Studies in the demo dataset: enough for the cpu-demo preset to learn side and finding (~90 % of them
 #: are in the train split), few enough to generate in well under a minute on 2 cores.
@@ -179,6 +179,7 @@ def demo(
         raise InputError(f"--size must be between 64 and 1024 pixels (got {size})")
     if train_config is not None and not train_config.is_file():
         raise InputError(f"--train-config {train_config} not found")
+    check_writable_folder(out)  # an --out that is (or lies under) a file fails here, not as a crash
     check_options(port, 20.0, 16, [])
     sock = bind_socket(host, port) if serve else None  # a taken port fails before minutes of work
     try:

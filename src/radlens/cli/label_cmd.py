@@ -22,7 +22,15 @@ from typing import Any, Literal
 
 import typer
 
-from radlens.core import Config, InputError, atomic_write_text, is_quiet, progress, write_run_metadata
+from radlens.core import (
+    Config,
+    InputError,
+    atomic_write_text,
+    check_writable_folder,
+    is_quiet,
+    progress,
+    write_run_metadata,
+)
 from radlens.data.labeler import label_report
 from radlens.data.schema import LabelValue
 
@@ -149,6 +157,7 @@ def _render_jsonl(objects: list[dict[str, Any]], labels: list[dict[str, LabelVal
 def _check_output(input_path: Path, out: Path, overwrite: bool) -> None:
     if out.is_dir():
         raise InputError(f"--out {out} is a folder", "pass the path of the file to write")
+    check_writable_folder(out.parent)  # e.g. --out notes.txt/labels.csv: refused before any labelling
     if out.exists() and out.resolve() == input_path.resolve():
         raise InputError("--out is the input file", "write the labels to another file")
     if out.exists() and not overwrite:

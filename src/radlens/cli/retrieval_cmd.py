@@ -7,6 +7,7 @@ notice about the query (e.g. that it was truncated), not the query itself.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -16,7 +17,7 @@ from rich.table import Table
 
 from radlens.cli.eval_group import eval_app
 from radlens.cli.eval_group import register as register_eval_group
-from radlens.core import InputError, is_quiet
+from radlens.core import InputError, is_quiet, prepare_output_dir
 from radlens.core.progress import stderr_console
 from radlens.data.readers import FORMATS, DatasetFormat
 from radlens.data.schema import CHEXPERT_LABELS
@@ -27,6 +28,16 @@ if TYPE_CHECKING:
 index_app = typer.Typer(help="Build retrieval indexes of images and reports.", no_args_is_help=True)
 
 _MODEL_HELP = "Retrieval checkpoint (dual encoder or metric stage) from `radlens train retrieval`."
+
+
+def check_folders(index: Path | None, checkpoints: Sequence[Path]) -> None:
+    """InputError, with the message opening them would give, for an index folder or checkpoint folder
+    that is not there: checked before the retrieval stack is imported (~5 s: torch, transformers)."""
+    if index is not None and not index.is_dir():
+        raise InputError(f"index folder {index} not found", "build one with `radlens index build`")
+    for checkpoint in checkpoints:
+        if not checkpoint.is_dir():
+            raise InputError(f"checkpoint folder {checkpoint} not found", "pass a folder written by radlens")
 
 
 def _label_name(name: str) -> str:
@@ -59,6 +70,10 @@ def build(
     """Embed every study (first frontal image + report) and write a searchable index."""
     if batch_size < 1 or workers < 0:
         raise InputError("--batch-size must be at least 1 and --workers at least 0")
+    prepare_output_dir(out, overwrite, inputs=(model, data))
+    check_folders(None, [model])
+    if not data.exists():
+        raise InputError(f"dataset {data} not found", "pass the dataset folder with --data")
     from radlens.retrieval.build import PROBLEMS_FILE, build_index
 
     summary = build_index(
@@ -113,9 +128,12 @@ def search(
         raise InputError("--rerank needs a fusion model", "pass --fusion CKPT")
     if text is not None and not text.strip():
         raise InputError("the query text is empty", "type a few words, e.g. --text 'left pleural effusion'")
+    if image is not None and image.is_dir():
+        raise InputError(f"--image {image} is a folder", "pass one image file")
     if image is not None and not image.is_file():
         raise InputError(f"image file {image} not found")
     positive = tuple(_label_name(name) for name in labels or ())
+    check_folders(index, [model, *([fusion] if fusion is not None else [])])
     from radlens.retrieval.index import SearchFilter
     from radlens.retrieval.retriever import Retriever
 
@@ -194,6 +212,13 @@ def eval_retrieval(
     seed: int = typer.Option(0, "--seed", help="Seed of the pool and of the fusion negatives and masks."),
 ) -> None:
     """Recall@k, median rank, MRR and label-aware precision / mAP; the fusion models' ITM / MLM table."""
+    # The checks of evaluate_retrieval that need no model code, with its messages, come before the
+    # retrieval stack is imported (~5 s: torch, transformers).
+    if out.suffix.lower() != ".json" or out.is_dir():
+        raise InputError(f"--out {out} is not a .json file path", "pass e.g. --out results.json")
+    if pool is not None and pool < 2:
+        raise InputError(f"the pool must hold at least 2 studies, got {pool}")
+    check_folders(index, [model, *(fusion or ())])
     from radlens.retrieval.evaluate import evaluate_retrieval, to_markdown
 
     result = evaluate_retrieval(
@@ -218,4 +243,4 @@ def register(app: typer.Typer) -> None:
     register_eval_group(app)
 
 
-__all__ = ["eval_retrieval", "index_app", "register", "search"]
+__all__ = ["check_folders", "eval_retrieval", "index_app", "register", "search"]

@@ -18,6 +18,7 @@ from typing import Any
 
 import typer
 
+from radlens.cli.retrieval_cmd import check_folders
 from radlens.core import InputError
 
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
@@ -150,13 +151,15 @@ def serve(
     threads: int = typer.Option(1, "--threads", help="CPU threads for the model (see docs/web.md)."),
 ) -> None:
     """Serve the search page and JSON API: find X-rays by report, reports by X-ray, and see why."""
-    from radlens.retrieval.retriever import Retriever
-    from radlens.web.app import Settings
-
+    # Options are checked before the model stack is imported (~5 s: torch, transformers).
     origins = list(cors_origins or [])
     check_options(port, max_upload_mb, queue, origins, threads)
+    check_folders(index, [model])
     sock = bind_socket(host, port)  # a taken port fails before the slow model load
     try:
+        from radlens.retrieval.retriever import Retriever
+        from radlens.web.app import Settings
+
         set_threads(threads)
         retriever = Retriever.load(index, model)
     except BaseException:

@@ -6,8 +6,16 @@ from pathlib import Path
 
 import typer
 
-from radlens.cli._output import report_skipped
-from radlens.core import InputError, is_quiet, set_quiet
+from radlens.cli._output import check_choice, report_skipped
+from radlens.core import (
+    InputError,
+    check_writable_folder,
+    is_quiet,
+    prepare_output_dir,
+    read_config_file,
+    set_quiet,
+)
+from radlens.data.readers import FORMATS
 
 train_app = typer.Typer(
     help="Train models: retrieval (dual encoder, fusion model, metric stage) and the CheXpert classifier.",
@@ -15,11 +23,10 @@ train_app = typer.Typer(
 )
 
 _MODELS = ("dual", "fusion", "metric")
-
-
-def _check_choice(option: str, value: str | None, choices: tuple[str, ...]) -> None:
-    if value is not None and value not in choices:
-        raise InputError(f"unknown {option} {value!r}", f"use one of {', '.join(choices)}")
+# radlens.train imports torch and transformers (~5 s), so the option values are spelled here, equal to
+# radlens.train.presets.PRESET_NAMES and radlens.train.negatives.STRATEGIES (a test keeps them so).
+_PRESETS = ("cpu-demo", "paper")
+_NEGATIVES = ("R", "NE", "NI")
 
 
 @train_app.command("retrieval")
@@ -54,21 +61,21 @@ def retrieval(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Hide progress bars and the summary."),
 ) -> None:
     """Train a retrieval model (dual encoder, fusion model, or metric projection) and validate it."""
-    from radlens.data.readers import FORMATS
-    from radlens.train.negatives import STRATEGIES
-    from radlens.train.presets import PRESET_NAMES
-    from radlens.train.retrieval import resolve_config, train_retrieval
-
     if quiet:
         set_quiet(True)
-    _check_choice("--model", model, _MODELS)
-    _check_choice("--preset", preset, PRESET_NAMES)
-    _check_choice("--negatives", negatives, STRATEGIES)
-    _check_choice("--format", format, FORMATS)
+    # Check the options before importing the training stack (~5 s: torch, transformers), so a mistyped
+    # option costs a second, not six.
+    check_choice("--model", model, _MODELS)
+    check_choice("--preset", preset, _PRESETS)
+    check_choice("--negatives", negatives, _NEGATIVES)
+    check_choice("--format", format, FORMATS)
     if max_steps is not None and max_steps < 1:
         raise InputError(f"--max-steps must be at least 1 (got {max_steps})")
     if resume and overwrite:
         raise InputError("--resume and --overwrite contradict each other", "pass one of them")
+    _check_paths(out, data, config_path, resume, overwrite, base, cache_dir)
+    from radlens.train.retrieval import resolve_config, train_retrieval
+
     options = {
         "data": str(data) if data is not None else None,
         "format": format,
@@ -100,6 +107,39 @@ def retrieval(
         )
         typer.echo(f"validation ({summary.validate_studies} studies): {shown}")
     typer.echo(f"wrote {out} (model, metrics.jsonl, loss_curve.png, validation.json)")
+
+
+def _check_paths(
+    out: Path,
+    data: Path | None,
+    config_path: Path | None,
+    resume: bool,
+    overwrite: bool,
+    base: Path | None,
+    cache_dir: Path | None,
+) -> None:
+    """The path checks of :func:`radlens.train.retrieval.train_retrieval` that need no model code, with
+    its messages: a missing dataset, config or base checkpoint, an --out that cannot be the run folder."""
+    if data is not None and not data.exists():
+        raise InputError(f"dataset {data} not found", "pass the dataset folder with --data")
+    if data is None and config_path is None and not resume:
+        raise InputError("--data is required", "pass the dataset folder, e.g. --data phantom/")
+    if config_path is not None:
+        read_config_file(config_path)  # missing, unreadable, not YAML, not a mapping
+    if resume:
+        if not out.is_dir():
+            raise InputError(f"no checkpoint to resume in {out}", "start without --resume (or check --out)")
+    else:
+        prepare_output_dir(out, overwrite, inputs=(data, base))
+    if base is not None and not base.is_dir():
+        raise InputError(f"checkpoint folder {base} not found", "pass a folder written by radlens")
+    if cache_dir is not None:
+        try:
+            check_writable_folder(cache_dir)
+        except InputError as exc:
+            raise InputError(
+                f"--cache-dir {cache_dir}: {exc.message}", "pass a folder for the image cache"
+            ) from exc
 
 
 def register(app: typer.Typer) -> None:
