@@ -334,6 +334,34 @@ def test_clinical_style_differs_measurably_from_clean() -> None:
         assert np.array_equal(clean.anatomy_masks["thorax"], clinical.anatomy_masks["thorax"])
 
 
+def _border(image: np.ndarray, deepest: int) -> np.ndarray:
+    """Edge rows and columns (up to ``deepest`` in) holding one value end to end: collimation borders
+    (noise makes a whole exposed row of one value practically impossible)."""
+    border = np.zeros(image.shape, dtype=bool)
+    for depth in range(deepest):
+        for line in (depth, -1 - depth):
+            border[line] |= bool((image[line] == image[line, 0]).all())
+            border[:, line] |= bool((image[:, line] == image[0, line]).all())
+    return border
+
+
+def test_clinical_masks_leave_out_what_the_borders_hide() -> None:
+    devices = [Finding("Support Devices", devices=("et_tube", "ng_tube", "central_line"))]
+    hidden = 0
+    for seed in range(40):
+        spec = make_spec(seed, devices, style="clinical")
+        clinical, clean = (
+            render_study(spec, SIZE),
+            render_study(dataclasses.replace(spec, style="clean"), SIZE),
+        )
+        border = _border(clinical.image, deepest=int(0.04 * SIZE) + 2)
+        mask = clinical.finding_masks["Support Devices"]
+        assert not (mask & border).any(), seed
+        assert not (mask & ~clean.finding_masks["Support Devices"]).any()  # only ever less
+        hidden += int((clean.finding_masks["Support Devices"] & border).any())
+    assert hidden >= 5  # the lines do run under the borders: the check above had something to find
+
+
 @pytest.mark.parametrize("kind", ["marker", "text"])
 def test_confounder_token_iff_requested(kind: str) -> None:
     shapes = []

@@ -57,25 +57,25 @@ def _font(pixels: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 def clinical_finish(
     image: np.ndarray, anatomy: Anatomy, rng: np.random.Generator, avoid: int | None
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Collimation borders and burned-in annotations, drawn on the uint8 image.
 
     ``avoid`` is the corner (0 TL, 1 TR, 2 BL, 3 BR) holding the confounder marker; text avoids it.
+    Returns the finished image and a boolean mask of the pixels the borders and text cover: whatever
+    lay there (the end of a line or tube, say) is no longer visible.
     """
     size = image.shape[0]
     out = image.copy()
     # Collimation: unexposed (bright) straight borders on one to three sides, outside the lungs.
+    borders = []
     for side in rng.permutation(4)[: int(rng.integers(1, 4))]:
         width = int(rng.uniform(0.015, 0.04) * size) + 1
         level = np.uint8(rng.integers(200, 236))
-        if side == 0:
-            out[:width] = level
-        elif side == 1:
-            out[-width:] = level
-        elif side == 2:
-            out[:, :width] = level
-        else:
-            out[:, -width:] = level
+        out[_edge(int(side), width)] = level
+        borders.append((int(side), width))
+    covered = np.zeros(out.shape, dtype=bool)
+    for side, width in borders:
+        covered[_edge(side, width)] = True
     pil = Image.fromarray(out)
     draw = ImageDraw.Draw(pil)
     free = [corner for corner in (0, 1, 2, 3) if corner != avoid]
@@ -86,7 +86,19 @@ def clinical_finish(
     _text(draw, letter, marker_corner, size, 0.07, fill=255)
     if anatomy.view == "AP" or rng.random() < 0.4:
         _text(draw, "PORTABLE" if anatomy.view == "AP" else "PA ERECT", corners[1], size, 0.045, fill=235)
-    return np.asarray(pil)
+    finished = np.asarray(pil)
+    return finished, covered | (finished != out)
+
+
+def _edge(side: int, width: int) -> tuple[slice, slice]:
+    """The ``width`` pixels along one side of the image: 0 top, 1 bottom, 2 left, 3 right."""
+    whole = slice(None)
+    return {
+        0: (slice(None, width), whole),
+        1: (slice(-width, None), whole),
+        2: (whole, slice(None, width)),
+        3: (whole, slice(-width, None)),
+    }[side]
 
 
 def text_mask(text: str, corner: int, size: int, height: float, inset: float) -> np.ndarray:

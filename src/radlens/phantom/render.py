@@ -79,7 +79,9 @@ def render_study(spec: StudySpec, size: int) -> RenderedStudy:
         corner, anatomy_masks["confounder"] = place(display, rng)
     pixels = to_uint8(add_noise(display, anatomy, spec.style, rng))
     if spec.style == "clinical":
-        pixels = clinical_finish(pixels, anatomy, rng, avoid=corner)
+        pixels, covered = clinical_finish(pixels, anatomy, rng, avoid=corner)
+        # A finding mask marks what the image shows: not the part a border or burned-in text hides.
+        finding_masks = {name: mask & ~covered for name, mask in finding_masks.items()}
     return RenderedStudy(pixels, finding_masks, anatomy_masks)
 
 
