@@ -123,6 +123,12 @@ class TinySegmenter(nn.Module):
         return self.conv(x)
 
 
+@pytest.mark.parametrize(("row", "col"), [(-1, 0), (0, -8), (8, 0), (0, 8)])
+def test_a_pixel_outside_the_map_is_refused_not_wrapped(row: int, col: int) -> None:
+    with pytest.raises(InputError, match=rf"pixel \({row}, {col}\) lies outside the 8×8 output map"):
+        PixelTarget(row, col, class_index=0, size=(8, 8))
+
+
 def test_pixel_targets_for_segmentation_maps() -> None:
     torch.manual_seed(0)
     model = TinySegmenter()

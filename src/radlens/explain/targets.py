@@ -215,6 +215,12 @@ class PixelTarget(PixelSetTarget):
     def __init__(
         self, row: int, col: int, class_index: int, size: tuple[int, int], init: PixelInit = "logits"
     ) -> None:
+        height, width = size
+        if not (0 <= row < height and 0 <= col < width):  # a negative index would wrap silently
+            raise InputError(
+                f"pixel ({row}, {col}) lies outside the {height}×{width} output map",
+                f"use a row in [0, {height}) and a column in [0, {width})",
+            )
         mask = torch.zeros(size, dtype=torch.bool)
         mask[row, col] = True
         super().__init__(mask, class_index, init)
