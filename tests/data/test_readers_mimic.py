@@ -189,7 +189,9 @@ def test_masks_and_separate_reports_root(tmp_path: Path) -> None:
         target = reports / "files" / txt.relative_to(root / "files")
         target.parent.mkdir(parents=True, exist_ok=True)
         txt.rename(target)
-    assert all(p.reason.startswith("report file missing") for p in read_mimic(root).problems)
+    with pytest.raises(InputError, match="none of the 4 report file") as caught:
+        read_mimic(root)  # no report where looked for: the archive was not unpacked there
+    assert "mimic-cxr-reports.zip" in (caught.value.hint or "") and str(root) in (caught.value.hint or "")
     studies = by_id(read_mimic(root, reports_root=reports))
     assert len(studies) == len(STUDIES)
     image = studies["50414267"].images[0]
@@ -200,6 +202,15 @@ def test_masks_and_separate_reports_root(tmp_path: Path) -> None:
     }
     assert studies["50414267"].images[1].masks == {}
     assert len(read_mimic(root, reports_root=reports / "files").records) == len(STUDIES)
+
+
+def test_mimic_cxr_dicom_folder_is_named_in_the_error(tmp_path: Path) -> None:
+    root = tmp_path / "mimic-cxr/2.0.0"  # MIMIC-CXR (DICOM): files/ tree and record lists, no metadata table
+    (root / "files/p10/p10000032/s50414267").mkdir(parents=True)
+    (root / "cxr-record-list.csv.gz").write_bytes(gzip.compress(b"subject_id,study_id,dicom_id,path\n"))
+    with pytest.raises(InputError, match=r"metadata\.csv\.gz not found") as caught:
+        read_mimic(root)
+    assert "MIMIC-CXR (DICOM" in (caught.value.hint or "") and "mimic-cxr-jpg" in (caught.value.hint or "")
 
 
 def damaged_tree(root: Path) -> Path:

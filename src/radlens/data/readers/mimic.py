@@ -1,4 +1,4 @@
-"""MIMIC-CXR-JPG v2.0.0 and RadPhantom (which writes the same layout).
+"""MIMIC-CXR-JPG v2.0.0 / v2.1.0 (with the MIMIC-CXR report archive unzipped inside) and RadPhantom (same layout).
 
 Layout under ``root`` (PhysioNet's ``mimic-cxr-jpg/2.0.0`` folder)::
 
@@ -55,7 +55,10 @@ Labeler = Literal["chexpert", "negbio"]
 _ID_COLUMNS = ("dicom_id", "subject_id", "study_id")
 _IMAGE_COLUMNS = {"Rows": "height", "Columns": "width"}
 _MASK_KEYS = {slug(name): name for name in CHEXPERT_LABELS}
-_HINT = "pass the folder that holds files/ and mimic-cxr-2.0.0-metadata.csv.gz (PhysioNet's 2.0.0 folder)"
+_HINT = (
+    "pass the folder that holds files/ and mimic-cxr-2.0.0-metadata.csv.gz "
+    "(PhysioNet's mimic-cxr-jpg/2.0.0 or 2.1.0 folder)"
+)
 
 StudyKey = tuple[str, str]  # (subject_id, study_id)
 
@@ -98,7 +101,7 @@ def read_mimic(
     )
     if checked and not found:
         raise no_images_error(checked, root / "files", _HINT)
-    records = _read_reports(ready, labeler, log)
+    records = _read_reports(ready, labeler, log, root)
     return ReadResult(records, log.problems)
 
 
@@ -166,11 +169,19 @@ def _check_images(
     return ready, checked, found
 
 
-def _read_reports(ready: list[tuple[_Plan, str]], labeler: str | None, log: ProblemLog) -> list[StudyRecord]:
-    """One record per study whose report reads; report files are read by threads running ahead of parsing."""
+def _read_reports(
+    ready: list[tuple[_Plan, str]], labeler: str | None, log: ProblemLog, root: Path
+) -> list[StudyRecord]:
+    """One record per study whose report reads; report files are read by threads running ahead of parsing.
+
+    Raises :class:`InputError` when not one report file exists: MIMIC-CXR-JPG ships no reports, so that
+    means the report archive was not unpacked where it is looked for (a setup step, not bad items).
+    """
     records: list[StudyRecord] = []
+    missing = 0
     texts = prefetch(read_bytes, [report_path for _, report_path in ready])
     for (plan, report_path), data in zip(ready, progress(texts, len(ready), "reading reports"), strict=True):
+        missing += isinstance(data, FileNotFoundError)
         content = bytes_problem(data, report_path, log, "report file missing")
         text = None if content is None else decode_report(content, report_path, log)
         if text is None:
@@ -190,7 +201,19 @@ def _read_reports(ready: list[tuple[_Plan, str]], labeler: str | None, log: Prob
                 metadata,
             )
         )
+    if ready and missing == len(ready):
+        raise _no_reports_error(len(ready), ready[0][1], root)
     return records
+
+
+def _no_reports_error(expected: int, example: str, root: Path) -> InputError:
+    """The error for a read where none of the ``expected`` report files exist (``example`` is one path)."""
+    return InputError(
+        f"none of the {expected} report file(s) exist (e.g. {example}); MIMIC-CXR-JPG has no reports",
+        f"unzip mimic-cxr-reports.zip (from MIMIC-CXR, physionet.org/content/mimic-cxr) inside {root}, "
+        "so that its files/pNN/pSUBJECT/sSTUDY.txt land beside the image folders; "
+        "or pass reports_root (Python) with the folder where it was unzipped",
+    )
 
 
 def _folder(subject: str) -> str:
@@ -249,7 +272,17 @@ def _image_metadata(columns: dict[str, list[Any]], extra: list[str], row: int) -
 
 
 def _hint(root: Path) -> str:
-    """The usual hint, naming a nearby folder that does hold the metadata table, if there is one."""
+    """The usual hint, naming a nearby folder that does hold the metadata table, if there is one.
+
+    MIMIC-CXR (DICOM) has the same ``files/`` tree but no metadata table: the hint says so, since its
+    images, view positions and official split come only with MIMIC-CXR-JPG.
+    """
+    if find_table(root, "cxr-record-list") is not None:
+        return (
+            "this looks like MIMIC-CXR (DICOM images, cxr-record-list.csv.gz); radlens reads MIMIC-CXR-JPG "
+            "(same ids, with the metadata, split and label tables): pass the mimic-cxr-jpg folder, and unzip "
+            "this folder's mimic-cxr-reports.zip inside it"
+        )
     for pattern in (
         f"*/{PREFIX}-metadata.csv*",
         f"*/*/{PREFIX}-metadata.csv*",
