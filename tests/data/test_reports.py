@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from radlens.data.reports import DEID_TOKEN, clean_text, parse_report, split_sentences
+from radlens.data.reports import DEID_TOKEN, clean_text, parse_report, report_text, split_sentences
 from radlens.data.schema import ReportSections
 
 MIMIC = "\n".join(
@@ -132,6 +132,53 @@ def test_missing_sections_and_text_fallback() -> None:
     assert unheaded.text() == "Lungs are clear.\nNo effusion."
     assert parse_report("").text() == ""
     assert parse_report("FINDINGS:\n\nIMPRESSION: Normal.").findings is None  # empty section
+
+
+# Older MIMIC-CXR reports: no FINDINGS / IMPRESSION heading, the body unheaded after a header section.
+UNHEADED_AFTER_COMPARISON = "\n".join(
+    [
+        "                                 FINAL REPORT",
+        " PORTABLE CHEST, ___",
+        " ",
+        " COMPARISON:  ___ radiograph.",
+        " ",
+        " Lines and tubes are in standard position.  No pneumothorax.",
+        "",
+    ]
+)
+UNHEADED_AFTER_REASON = "\n".join(
+    [
+        "                                 FINAL REPORT",
+        " REASON FOR EXAMINATION:  Evaluation of the patient with pneumonia.",
+        " ",
+        " PA and lateral upright chest radiographs were reviewed in comparison to ___.",
+        " ",
+        " Heart size and mediastinum are stable.  Lungs are clear.",
+        "",
+    ]
+)
+
+
+def test_unheaded_body_after_a_header_section_is_the_findings() -> None:
+    after_comparison = parse_report(UNHEADED_AFTER_COMPARISON)
+    assert after_comparison.comparison == "___ radiograph."
+    assert after_comparison.findings == "Lines and tubes are in standard position. No pneumothorax."
+    assert after_comparison.preamble == "PORTABLE CHEST, ___"
+    assert after_comparison.text() == after_comparison.findings
+    after_reason = parse_report(UNHEADED_AFTER_REASON)
+    assert after_reason.indication == "Evaluation of the patient with pneumonia."
+    assert after_reason.findings == (
+        "PA and lateral upright chest radiographs were reviewed in comparison to ___.\n"
+        "Heart size and mediastinum are stable. Lungs are clear."
+    )
+    assert report_text(UNHEADED_AFTER_REASON) == after_reason.text()
+
+
+def test_unheaded_paragraphs_stay_put_when_the_report_has_findings_or_impression() -> None:
+    text = "COMPARISON: None.\n\nPA and lateral views.\n\nIMPRESSION: Normal."
+    sections = parse_report(text)
+    assert sections.comparison == "None.\nPA and lateral views." and sections.findings is None
+    assert parse_report("INDICATION: Cough.").findings is None  # one paragraph: nothing to move
 
 
 def test_unknown_headings_stay_in_their_section() -> None:

@@ -21,7 +21,10 @@ followed by text), or inside a line after a sentence end (``"... Findings: ..."`
 (``"... IMPRESSION: ..."``) — IU X-ray reports are often one line. Sections may come in any order
 (the impression in the middle, the findings last); a repeated heading appends. Any other heading
 ("NOTIFICATION:", "RECOMMENDATION(S):") is not a section break: its text stays in the section it
-follows, so nothing is dropped. Text before the first heading is the ``preamble``, without the bare
+follows, so nothing is dropped. A report with neither FINDINGS nor IMPRESSION whose last heading is
+INDICATION, COMPARISON or TECHNIQUE (older MIMIC-CXR reports write the body unheaded after them): that
+heading keeps its first paragraph and the paragraphs after it become ``findings`` (MIMIC-CXR's own
+``create_section_files.py`` likewise falls back to the last paragraph). Text before the first heading is the ``preamble``, without the bare
 "FINAL REPORT" line, "WET READ:" headers (and the reader/time stamp after them) and ``____`` rules.
 
 Cleaning (:func:`clean_text`) keeps the meaning and only normalises the form: Unicode NFKC (no-break
@@ -90,6 +93,8 @@ _UPPER_NAMES = "|".join(
     re.escape(name.upper()).replace(r"\ ", r"[ \t]+").replace("/", r"[ \t]*/[ \t]*")
     for name in sorted(_SECTION_OF, key=len, reverse=True)
 )
+#: Sections that hold one short paragraph; unheaded paragraphs after them are the report's body.
+_HEADER_SECTIONS = frozenset({"indication", "comparison", "technique"})
 # Headings are looked for line by line (a regex over the whole text costs a try at every character):
 # at the line start, then, only in lines with a colon, inside the line.
 _LINE_HEADING = re.compile(
@@ -147,7 +152,23 @@ def _split_sections(text: str) -> tuple[str, dict[str, list[str]]]:
         current, start = section, heading_end
     if current is not None:
         parts.setdefault(current, []).append(text[start:])
+        _move_unheaded_body(parts, current)
     return _WET_READ.sub("", _FINAL_REPORT.sub("", text[:preamble_end])), parts
+
+
+def _move_unheaded_body(parts: dict[str, list[str]], last: str) -> None:
+    """File the unheaded body of a report with neither FINDINGS nor IMPRESSION under ``findings``.
+
+    Such reports (older MIMIC-CXR ones) put the body, without a heading, in paragraphs after a short
+    INDICATION / COMPARISON / TECHNIQUE line. Left there, "the report" would be empty or the exam title.
+    The heading keeps its first paragraph; the later paragraphs are the findings.
+    """
+    if last not in _HEADER_SECTIONS or "findings" in parts or "impression" in parts:
+        return
+    paragraphs = [p for p in _PARAGRAPH_BREAK.split(parts[last][-1]) if p.strip()]
+    if len(paragraphs) > 1:
+        parts[last][-1] = paragraphs[0]
+        parts["findings"] = ["\n\n".join(paragraphs[1:])]
 
 
 def _headings(text: str) -> Iterator[tuple[int, int, str]]:
