@@ -89,8 +89,9 @@ def test_filters_and_explicit_image_root(tmp_path: Path) -> None:
     train.rename(tmp_path / "train.csv")  # now the Path column is relative to the CSV's own folder
     assert len(read_chexpert_csv(tmp_path / "train.csv").records) == 3
     assert len(read_chexpert_csv(tmp_path / "train.csv", image_root=tmp_path).records) == 3
-    with pytest.raises(InputError, match="none of the 4 image"):
+    with pytest.raises(InputError, match="none of the 4 image") as caught:
         read_chexpert_csv(tmp_path / "train.csv", image_root=tmp_path / "CheXpert-v1.0-small")
+    assert "--images-root" not in (caught.value.hint or "")  # no command has that option
 
 
 def test_bad_rows_are_skipped_and_recorded(tmp_path: Path) -> None:

@@ -131,8 +131,10 @@ def test_other_image_folder_names_and_images_root(tmp_path: Path) -> None:
     assert len(read_iu(root).records) == 3
     moved = tmp_path / "pngs"
     (root / "images").rename(moved)
-    with pytest.raises(InputError, match="no image folder"):
+    with pytest.raises(InputError, match="no image folder") as caught:
         read_iu(root)
+    assert "--images-root" not in (caught.value.hint or "")  # no command has that option
+    assert "NLMCXR_png/" in (caught.value.hint or "")
     assert len(read_iu(root / "ecgen-radiology", images_root=moved).records) == 3
 
 

@@ -109,7 +109,10 @@ def read_chexpert_csv(
             record.images.append(image)
     if checked and not found:
         raise no_images_error(
-            checked, root, "pass image_root (--images-root): the folder the Path column is relative to"
+            checked,
+            root,
+            "pass image_root (Python): the folder the Path column is relative to; on the command line, "
+            "keep the CSV in the folder its Path values start from, or in the one below it",
         )
     return ReadResult(list(studies.values()), log.problems)
 

@@ -129,7 +129,8 @@ def _locate(root: Path, images_root: str | os.PathLike[str] | None) -> tuple[Pat
                 return reports, parent / name
     raise InputError(
         f"no image folder beside {reports}: expected one of {', '.join(_IMAGE_FOLDERS)}",
-        "pass images_root (--images-root) with the folder of PNG/JPEG images",
+        "pass images_root (Python) with the folder of PNG/JPEG images; on the command line, put them in "
+        "NLMCXR_png/ beside ecgen-radiology/",
     )
 
 
