@@ -73,10 +73,19 @@ def test_atomic_directory_refuses_non_empty_without_overwrite(tmp_path: Path) ->
     (out / "old.txt").write_text("old")
     with pytest.raises(InputError, match="--overwrite"), atomic_directory(out):
         pass
-    with atomic_directory(out, overwrite=True) as tmp:
-        (tmp / "new.txt").write_text("new")
-    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]
+    # --overwrite replaces only what radlens wrote: a folder of someone's own files stays.
+    with pytest.raises(InputError, match="holds files radlens did not write"), atomic_directory(out, True):
+        pass
+    for marker, text in (("config.json", '{"model_type": "x"}'), ("index.json", "[1]"), ("config.json", "{")):
+        (out / marker).write_text(text)  # a JSON file that is not a radlens checkpoint's or index's
+        with pytest.raises(InputError, match="did not write"), atomic_directory(out, True):
+            pass
+    for marker, text in (("index.json", '{"radlens_version": "0.1.0"}'), ("versions.json", "{}")):
+        (out / marker).write_text(text)
+        with atomic_directory(out, overwrite=True) as tmp:
+            (tmp / "new.txt").write_text("new")
+        assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]
 
 
 def test_output_path_that_is_a_file(tmp_path: Path) -> None:
@@ -121,6 +130,7 @@ def test_the_current_folder_or_one_above_it_is_refused(
 
 def test_a_path_ending_in_dot_dot_is_replaced_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "other" / "sub").mkdir(parents=True)
+    (tmp_path / "other" / "versions.json").write_text("{}")  # an earlier radlens output
     (tmp_path / "here").mkdir()
     monkeypatch.chdir(tmp_path / "here")
     with atomic_directory("../other/sub/..", overwrite=True) as tmp:
@@ -177,7 +187,7 @@ def test_names_at_the_length_limit_are_writable(tmp_path: Path, name: str) -> No
     written = atomic_write_text(tmp_path / name, "text")
     assert written.read_text() == "text"
     with atomic_directory(tmp_path / "dirs" / name) as tmp:
-        (tmp / "inner.txt").write_text("x")
+        (tmp / "versions.json").write_text("{}")
     with atomic_directory(tmp_path / "dirs" / name, overwrite=True) as tmp:  # the replace path
         (tmp / "inner.txt").write_text("y")
     assert (tmp_path / "dirs" / name / "inner.txt").read_text() == "y"
@@ -206,6 +216,7 @@ def test_failed_swap_puts_the_old_folder_back(tmp_path: Path, monkeypatch: pytes
     out = tmp_path / "dataset"
     out.mkdir()
     (out / "old.txt").write_text("old")
+    (out / "versions.json").write_text("{}")
     real_replace = os.replace
 
     def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
@@ -216,5 +227,5 @@ def test_failed_swap_puts_the_old_folder_back(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(OSError, match="rename failed"), atomic_directory(out, overwrite=True) as tmp:
         (tmp / "new.txt").write_text("new")
-    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt", "versions.json"]
     assert [p.name for p in tmp_path.iterdir()] == ["dataset"]

@@ -220,11 +220,12 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monk
     previous = tmp_path / "previous"
     previous.mkdir()
     (previous / "keep.txt").write_text("old")
+    (previous / "versions.json").write_text("{}")  # an earlier run's output: --overwrite may replace it
     calls["n"] = 0
     with pytest.raises(KeyboardInterrupt):
         writer.generate_dataset(CONFIG.model_copy(update={"studies": 8}), previous, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["previous"]
-    assert [p.name for p in previous.iterdir()] == ["keep.txt"]  # the old output is untouched
+    assert sorted(p.name for p in previous.iterdir()) == ["keep.txt", "versions.json"]  # untouched
 
 
 def test_failing_worker_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -247,8 +248,11 @@ def test_refuses_non_empty_output(tmp_path: Path) -> None:
     (tmp_path / "x.txt").write_text("x")
     with pytest.raises(InputError, match="not empty"):
         writer.generate_dataset(CONFIG.model_copy(update={"studies": 2}), tmp_path)
-    writer.generate_dataset(CONFIG.model_copy(update={"studies": 2}), tmp_path, overwrite=True)
-    assert not (tmp_path / "x.txt").exists() and (tmp_path / "manifest.json").exists()
+    with pytest.raises(InputError, match="holds files radlens did not write"):
+        writer.generate_dataset(CONFIG.model_copy(update={"studies": 2}), tmp_path, overwrite=True)
+    writer.generate_dataset(CONFIG.model_copy(update={"studies": 2}), tmp_path / "run")
+    writer.generate_dataset(CONFIG.model_copy(update={"studies": 3}), tmp_path / "run", overwrite=True)
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["counts"]["studies"] == 3
 
 
 def test_split_fractions_by_subject() -> None:

@@ -47,7 +47,11 @@ def test_the_seed_fixes_the_initial_weights(tmp_path: Path, phantom: Path) -> No
 
 def _old_run(folder: Path) -> dict[str, str]:
     """A stand-in for a finished run: a few files --overwrite would replace."""
-    files = {"config.yaml": "old: run\n", "metrics.jsonl": json.dumps({"step": 1, "loss": 0.5}) + "\n"}
+    files = {
+        "config.yaml": "old: run\n",
+        "versions.json": "{}\n",
+        "metrics.jsonl": json.dumps({"step": 1, "loss": 0.5}) + "\n",
+    }
     (folder / "checkpoint-1").mkdir(parents=True)
     (folder / "checkpoint-1" / "model.safetensors").write_text("weights")
     for name, text in files.items():

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from radlens.core.errors import InputError
-from radlens.core.io import atomic_write_text
+from radlens.core.io import VERSIONS_FILE, atomic_write_text
 from radlens.core.versions import collect_versions
 
 C = TypeVar("C", bound="Config")
@@ -95,4 +95,4 @@ def write_run_metadata(out_dir: str | os.PathLike[str], config: Config, name: st
     folder = Path(out_dir)
     atomic_write_text(folder / f"{name}.yaml", config.to_yaml())
     # The command line is not recorded: it can hold query or report text (patient data).
-    atomic_write_text(folder / "versions.json", json.dumps(collect_versions(), indent=2) + "\n")
+    atomic_write_text(folder / VERSIONS_FILE, json.dumps(collect_versions(), indent=2) + "\n")

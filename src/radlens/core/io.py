@@ -7,6 +7,7 @@ sibling and renamed when complete. An interrupted run leaves the old output (or 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import stat
@@ -16,6 +17,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from radlens.core.errors import InputError
+
+#: The file every radlens run writes beside its outputs (:func:`radlens.core.write_run_metadata`).
+VERSIONS_FILE = "versions.json"
 
 _UMASK_LOCK = threading.Lock()
 _PROC_STATUS = "/proc/self/status"  # Linux: holds the umask ("Umask:\t0022")
@@ -113,7 +117,9 @@ def prepare_output_dir(
     Raises :class:`InputError` when it exists and is not empty (unless ``overwrite``), is a file, or
     its parent cannot be written; and when it is, or holds, one of the command's ``inputs`` (``None``
     entries are skipped): replacing it would delete what the command reads, e.g. ``--out`` given the
-    ``--data`` folder with ``--overwrite``.
+    ``--data`` folder with ``--overwrite``. ``overwrite`` replaces only a folder radlens wrote (with
+    ``versions.json``, or the ``config.json`` / ``index.json`` of a checkpoint / index): a mistyped
+    ``--out`` naming someone's own folder (a home folder, a dataset) is refused, not deleted.
     """
     target = Path(path)
     _check_not_an_input(target, inputs)
@@ -121,12 +127,33 @@ def prepare_output_dir(
     if target.exists():
         if not target.is_dir():
             raise InputError(f"output path {target} is a file", "choose a folder path for --out")
-        if any(target.iterdir()) and not overwrite:
-            raise InputError(
-                f"output folder {target} is not empty", "choose an empty folder or pass --overwrite"
-            )
+        if any(target.iterdir()):
+            if not overwrite:
+                raise InputError(
+                    f"output folder {target} is not empty", "choose an empty folder or pass --overwrite"
+                )
+            if not _written_by_radlens(target):
+                raise InputError(
+                    f"output folder {target} holds files radlens did not write",
+                    "--overwrite replaces only radlens outputs: empty it yourself or choose another folder",
+                )
     check_writable_folder(target.resolve().parent)
     return target
+
+
+def _written_by_radlens(folder: Path) -> bool:
+    """Whether ``folder`` is a radlens output: a run's ``versions.json``, or the ``config.json`` of a
+    checkpoint or ``index.json`` of an index (both record ``radlens_version``)."""
+    if (folder / VERSIONS_FILE).is_file():
+        return True
+    for name in ("config.json", "index.json"):
+        try:
+            document = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(document, dict) and "radlens_version" in document:
+            return True
+    return False
 
 
 def _check_not_the_current_folder(target: Path) -> None:
