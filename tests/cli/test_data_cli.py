@@ -208,3 +208,16 @@ def test_stats_checks_out_before_reading_the_dataset(
     code, _, err = run(capsys, "stats", table, "--format", "csv", "--out", a_file / "plots")
     assert code == 2 and err.strip() == f"error: output path {a_file} is a file: choose a folder path"
     assert [path.name for path in busy.iterdir()] == ["old.png"]
+
+
+def test_stats_never_replaces_its_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    table = build_table(data)
+    (data / "versions.json").write_text("{}")  # written by radlens (e.g. RadPhantom): --overwrite may not
+    before = sorted(data.iterdir())
+    code, _, err = run(capsys, "stats", data, "--format", "csv", "--out", data, "--overwrite")
+    assert code == 2 and f"output folder {data} is the input {data}" in err
+    code, _, err = run(capsys, "stats", table, "--format", "csv", "--out", tmp_path, "--overwrite")
+    assert code == 2 and f"holds the input {table}" in err
+    assert sorted(data.iterdir()) == before

@@ -42,7 +42,9 @@ def train_classifier_command(
         None, "--eval-split", help="Split scored at the end (default test)."
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out exactly."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it is not empty."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace --out if it is not empty (only a folder radlens wrote)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Hide progress bars and the summary."),
 ) -> None:
     """Train the CheXpert classifier (masked BCE over the 14 labels) and score it per label."""

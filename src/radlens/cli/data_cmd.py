@@ -214,7 +214,7 @@ def stats(
             "max_images": max_images,
         },
     )
-    prepare_output_dir(out, overwrite)  # before reading, counting and probing the whole dataset
+    prepare_output_dir(out, overwrite, inputs=(dataset,))  # before reading and probing the dataset
     result = read_dataset(dataset, config.format, **_options(False, "none", view, split, label))
     summary = write_stats(result, config, out, overwrite)
     stderr_console.print(

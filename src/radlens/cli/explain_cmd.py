@@ -15,7 +15,14 @@ from pydantic import ValidationError
 
 from radlens.cli.eval_group import eval_app
 from radlens.cli.eval_group import register as register_eval_group
-from radlens.core import Config, InputError, is_quiet, prepare_output_dir, write_run_metadata
+from radlens.core import (
+    Config,
+    InputError,
+    check_writable_folder,
+    is_quiet,
+    prepare_output_dir,
+    write_run_metadata,
+)
 
 C = TypeVar("C", bound=Config)
 
@@ -100,7 +107,9 @@ def eval_explain(
         help="Method option METHOD.KEY=VALUE (repeatable), e.g. lrp_epsilon.rules=epsilon_plus.",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the image draw and of the randomisation."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it is not empty."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace --out if it is not empty (only a folder radlens wrote)."
+    ),
 ) -> None:
     """Localisation (pointing game, inside fraction, mask AUROC), faithfulness (deletion / insertion),
     sanity (parameter randomisation) and cost of explanation methods, against RadPhantom's masks."""
@@ -111,7 +120,7 @@ def eval_explain(
             raise InputError(f"{name} must be at least 1 (got {value})")
     if not data.is_dir():
         raise InputError(f"dataset folder {data} not found", "pass a RadPhantom folder")
-    prepare_output_dir(out, overwrite)
+    prepare_output_dir(out, overwrite, inputs=(data, model))
     config = _config(
         ExplainEvalConfig,
         model=str(model),
@@ -188,7 +197,7 @@ def explain_image(
         raise InputError(f"image file {image} not found")
     if text is not None and not text.strip():
         raise InputError("--text is empty", "type a phrase, e.g. --text 'left pleural effusion'")
-    prepare_output_dir(out.parent, overwrite=True)  # only checks that the folder can be written
+    check_writable_folder(out.parent)
     loaded, model_type, native = load_subject_model(model)
     size = image_size or native
     pixels = load_image_tensor(image, size).unsqueeze(0)
@@ -278,7 +287,9 @@ def audit_shortcut(
     n: int = typer.Option(40, "--n", help="Test images (finding + marker) explained per model."),
     threshold: float = typer.Option(5.0, "--threshold", help="Marker enrichment above which a method flags."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data and the image draw."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it is not empty."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace --out if it is not empty (only a folder radlens wrote)."
+    ),
 ) -> None:
     """Train a classifier on confounded and on clean RadPhantom data and flag the one that uses the marker."""
     from radlens.explain.audit import ShortcutAuditConfig, run_shortcut_audit, to_markdown

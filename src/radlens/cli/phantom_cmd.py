@@ -8,7 +8,15 @@ from typing import Literal
 import typer
 
 from radlens.cli._output import report_skipped
-from radlens.core import Config, InputError, is_quiet, load_config, prepare_output_dir, write_run_metadata
+from radlens.core import (
+    Config,
+    InputError,
+    check_writable_folder,
+    is_quiet,
+    load_config,
+    prepare_output_dir,
+    write_run_metadata,
+)
 from radlens.data.schema import CHEXPERT_LABELS
 from radlens.phantom.spec import PhantomConfig
 
@@ -61,7 +69,9 @@ def generate(
         None, "--config", help="YAML file of PhantomConfig options; command-line options override it."
     ),
     overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace the output folder if it is not empty."
+        False,
+        "--overwrite",
+        help="Replace the output folder if it is not empty (only a folder radlens wrote).",
     ),
 ) -> None:
     """Generate a RadPhantom dataset in the MIMIC-CXR-JPG layout (images, reports, labels, masks)."""
@@ -104,7 +114,7 @@ def show(
         raise InputError(f"--out {out} is not a .png file", "pass a path ending in .png")
     if out.is_dir():
         raise InputError(f"--out {out} is a folder", "pass a file path ending in .png")
-    prepare_output_dir(out.parent, overwrite=True)  # only checks that the folder can be written
+    check_writable_folder(out.parent)
     result = read_mimic(dataset)
     if not result.records:
         raise InputError(

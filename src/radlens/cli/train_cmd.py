@@ -57,7 +57,9 @@ def retrieval(
     cache_dir: Path | None = typer.Option(
         None, "--cache-dir", help="Image cache folder (default OUT/image-cache)."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it is not empty."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace --out if it is not empty (only a folder radlens wrote)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Hide progress bars and the summary."),
 ) -> None:
     """Train a retrieval model (dual encoder, fusion model, or metric projection) and validate it."""
