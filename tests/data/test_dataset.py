@@ -57,11 +57,12 @@ def test_one_item_per_study_with_first_frontal_image(records: list[StudyRecord])
     dataset = ImageReportDataset(records, POLICY)
     assert [item.image.image_id for item in dataset.items] == [*(f"i{n}-pa" for n in range(5)), "u-none"]
     assert [problem.path for problem in dataset.problems] == ["study s-lateral"]
+    assert dataset.problems[0].reason == "no image with a view in: AP, PA, unknown"
     per_image = ImageReportDataset(records, POLICY, per_image=True)
     assert len(per_image) == 11  # 5 studies x (PA, AP) + the unknown-view image
     only_ap = ImageReportDataset(records, POLICY, view_filter=["ap"])
     assert [item.image.image_id for item in only_ap.items] == [f"i{n}-ap" for n in range(5)]
-    assert len(only_ap.problems) == 2
+    assert [problem.reason for problem in only_ap.problems] == ["no image with a view in: AP"] * 2
 
 
 def test_item_contents(records: list[StudyRecord]) -> None:

@@ -184,7 +184,9 @@ class ImageReportDataset(_BatchedItems):
         for record in records:
             chosen = [image for image in record.images if _view(image) in views]
             if not chosen:
-                reason = f"no image with a view in {sorted(map(str, views))}"
+                named = sorted(view for view in views if view is not None)
+                wanted = ", ".join(named + (["unknown"] if None in views else []))
+                reason = f"no image with a view in: {wanted}"
                 self.problems.append(Problem(f"study {record.study_id}", reason))
                 continue
             items.extend(_Item(record, image) for image in (chosen if per_image else chosen[:1]))
