@@ -365,3 +365,43 @@ def test_overwrite_never_deletes_an_input(
         assert _train(*args) == 2, args
         assert given in _error_line(capsys)
     assert {folder: _files(folder) for folder in (data, base)} == before
+
+
+def test_reports_unzipped_outside_the_dataset(
+    tmp_path: Path, phantom: Path, dual_yaml: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A MIMIC-CXR-JPG copy one cannot write to: the reports sit elsewhere, named by --reports-root,
+    and train retrieval, index build and data check read the same studies as with them inside."""
+    data, reports = tmp_path / "jpg", tmp_path / "reports"
+    shutil.copytree(phantom, data)
+    moved = sorted(data.glob("files/p*/p*/s*.txt"))
+    assert moved
+    for report in moved:
+        target = reports / report.relative_to(data)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        report.rename(target)
+    capsys.readouterr()
+    assert _train("--data", str(data), "--out", str(tmp_path / "no"), "--config", str(dual_yaml)) == 2
+    assert "none of the 24 report file(s) exist" in (line := _error_line(capsys)) and "--reports-root" in line
+
+    run = tmp_path / "run"
+    args = [
+        "--data",
+        str(data),
+        "--reports-root",
+        str(reports),
+        "--out",
+        str(run),
+        "--config",
+        str(dual_yaml),
+    ]
+    assert _train(*args) == 0
+    assert json.loads((run / "validation.json").read_text())["studies"] == 3  # as in test_dual_run...
+    index = tmp_path / "index"
+    build = ["-q", "index", "build", "--model", str(run), "--data", str(data), "--out", str(index)]
+    assert main([*build, "--reports-root", str(reports), "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert json.loads((index / "index.json").read_text())["counts"]["texts"] == 24
+    assert (
+        main(["data", "check", str(data), "--format", "mimic", "--json", "--reports-root", str(reports)]) == 0
+    )
+    assert json.loads(capsys.readouterr().out)["studies"] == 24

@@ -45,7 +45,12 @@ TOKEN_LIMITS = (256, 512)
 
 
 def _options(
-    strict: bool, check: str, views: list[str] | None, splits: list[str] | None, labels: list[str] | None
+    strict: bool,
+    check: str,
+    views: list[str] | None,
+    splits: list[str] | None,
+    labels: list[str] | None,
+    reports_root: Path | None,
 ) -> dict[str, Any]:
     """Reader options, leaving out the ones the user did not give (not every reader takes every filter)."""
     return {
@@ -54,7 +59,13 @@ def _options(
         "views": views or None,
         "splits": splits or None,
         "require_labels": labels or None,
+        "reports_root": reports_root,
     }
+
+
+_REPORTS_ROOT_HELP = (
+    "MIMIC-CXR: the folder mimic-cxr-reports.zip was unzipped in, when not inside DATASET (a read-only copy)."
+)
 
 
 def summarize(result: ReadResult) -> dict[str, Any]:
@@ -145,12 +156,15 @@ def check(
     label: list[str] | None = typer.Option(
         None, "--label", help="Keep studies positive for this observation (repeatable)."
     ),
+    reports_root: Path | None = typer.Option(None, "--reports-root", help=_REPORTS_ROOT_HELP),
 ) -> None:
     """Read a dataset and report its counts per split, view and label, and every problem found."""
     from radlens.data.readers import read_dataset
 
     check_mode = "decode" if decode else "header" if deep else "none"
-    result = read_dataset(dataset, _format(format), **_options(strict, check_mode, view, split, label))
+    result = read_dataset(
+        dataset, _format(format), **_options(strict, check_mode, view, split, label, reports_root)
+    )
     summary = summarize(result)
     if as_json:
         typer.echo(json.dumps({"dataset": str(dataset), "format": format, **summary}, indent=2))
@@ -175,6 +189,7 @@ class DataStatsConfig(Config):
     splits: list[str] | None = None
     require_labels: list[str] | None = None
     max_images: int = Field(0, ge=0)  # 0: probe every image
+    reports_root: str | None = None
 
 
 @data_app.command("stats")
@@ -196,6 +211,7 @@ def stats(
     label: list[str] | None = typer.Option(
         None, "--label", help="Keep studies positive for this observation (repeatable)."
     ),
+    reports_root: Path | None = typer.Option(None, "--reports-root", help=_REPORTS_ROOT_HELP),
 ) -> None:
     """Plot label prevalence, report length (tokens) and image sizes of a dataset into --out."""
     from radlens.core import load_config
@@ -212,10 +228,11 @@ def stats(
             "splits": split or None,
             "require_labels": label or None,
             "max_images": max_images,
+            "reports_root": str(reports_root) if reports_root is not None else None,
         },
     )
-    prepare_output_dir(out, overwrite, inputs=(dataset,))  # before reading and probing the dataset
-    result = read_dataset(dataset, config.format, **_options(False, "none", view, split, label))
+    prepare_output_dir(out, overwrite, inputs=(dataset, reports_root))  # before reading the dataset
+    result = read_dataset(dataset, config.format, **_options(False, "none", view, split, label, reports_root))
     summary = write_stats(result, config, out, overwrite)
     stderr_console.print(
         f"{summary['studies']} studies, {summary['problems']} problems; plots written to {out}",

@@ -65,12 +65,17 @@ def build(
         None, "--cache-dir", help="Decoded-image cache (default: DATA/.radlens-cache when writable)."
     ),
     workers: int = typer.Option(0, "--workers", help="Image-loading worker processes (0: in process)."),
+    reports_root: Path | None = typer.Option(
+        None,
+        "--reports-root",
+        help="MIMIC-CXR: the folder mimic-cxr-reports.zip was unzipped in, when not inside --data (a read-only copy).",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index folder."),
 ) -> None:
     """Embed every study (first frontal image + report) and write a searchable index."""
     if batch_size < 1 or workers < 0:
         raise InputError("--batch-size must be at least 1 and --workers at least 0")
-    prepare_output_dir(out, overwrite, inputs=(model, data))
+    prepare_output_dir(out, overwrite, inputs=(model, data, reports_root))
     check_folders(None, [model])
     if not data.exists():
         raise InputError(f"dataset {data} not found", "pass the dataset folder with --data")
@@ -87,6 +92,7 @@ def build(
         overwrite=overwrite,
         cache_dir=cache_dir,
         num_workers=workers,
+        reports_root=reports_root,
     )
     if is_quiet():
         return

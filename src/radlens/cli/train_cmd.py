@@ -57,6 +57,11 @@ def retrieval(
     cache_dir: Path | None = typer.Option(
         None, "--cache-dir", help="Image cache folder (default OUT/image-cache)."
     ),
+    reports_root: Path | None = typer.Option(
+        None,
+        "--reports-root",
+        help="MIMIC-CXR: the folder mimic-cxr-reports.zip was unzipped in, when not inside --data (a read-only copy).",
+    ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace --out if it is not empty (only a folder radlens wrote)."
     ),
@@ -75,7 +80,7 @@ def retrieval(
         raise InputError(f"--max-steps must be at least 1 (got {max_steps})")
     if resume and overwrite:
         raise InputError("--resume and --overwrite contradict each other", "pass one of them")
-    _check_paths(out, data, config_path, resume, overwrite, base, cache_dir)
+    _check_paths(out, data, config_path, resume, overwrite, base, cache_dir, reports_root)
     from radlens.train.retrieval import resolve_config, train_retrieval
 
     options = {
@@ -86,6 +91,7 @@ def retrieval(
         "negatives": negatives,
         "base": str(base) if base is not None else None,
         "cache_dir": str(cache_dir) if cache_dir is not None else None,
+        "reports_root": str(reports_root) if reports_root is not None else None,
         "max_steps": max_steps,
     }
     config = resolve_config(options, config_path, out, resume)
@@ -119,6 +125,7 @@ def _check_paths(
     overwrite: bool,
     base: Path | None,
     cache_dir: Path | None,
+    reports_root: Path | None,
 ) -> None:
     """The path checks of :func:`radlens.train.retrieval.train_retrieval` that need no model code, with
     its messages: a missing dataset, config or base checkpoint, an --out that cannot be the run folder."""
@@ -132,7 +139,11 @@ def _check_paths(
         if not out.is_dir():
             raise InputError(f"no checkpoint to resume in {out}", "start without --resume (or check --out)")
     else:
-        prepare_output_dir(out, overwrite, inputs=(data, base))
+        prepare_output_dir(out, overwrite, inputs=(data, base, reports_root))
+    if reports_root is not None and not reports_root.is_dir():
+        raise InputError(
+            f"reports folder {reports_root} not found", "pass the folder the reports were unzipped in"
+        )
     if base is not None and not base.is_dir():
         raise InputError(f"checkpoint folder {base} not found", "pass a folder written by radlens")
     if cache_dir is not None:

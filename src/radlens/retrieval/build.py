@@ -59,6 +59,7 @@ class IndexBuildConfig(Config):
     batch_size: int = 64
     cache_dir: str | None = None
     num_workers: int = 0
+    reports_root: str | None = None
 
 
 @dataclass
@@ -97,19 +98,20 @@ def build_index(
     cache_dir: str | os.PathLike[str] | None = None,
     num_workers: int = 0,
     device: str = "cpu",
+    reports_root: str | os.PathLike[str] | None = None,
 ) -> BuildSummary:
     """Embed the studies of ``data_dir`` with the model in ``model_dir`` and write an index to ``out``.
 
     ``splits`` keeps only those official splits (all by default). ``cache_dir`` holds decoded images
-    (default :func:`default_cache_dir`). Raises :class:`InputError` for a bad model, dataset or output
+    (default :func:`default_cache_dir`). ``reports_root`` (MIMIC-CXR) is where the report archive was
+    unpacked when not inside ``data_dir``. Raises :class:`InputError` for a bad model, dataset or output
     folder, and when no study could be indexed.
     """
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
-    prepare_output_dir(out, overwrite, inputs=(model_dir, data_dir))  # fail before loading anything
+    prepare_output_dir(out, overwrite, inputs=(model_dir, data_dir, reports_root))  # before any loading
     embedder = load_embedder(model_dir, device)
-    options: dict[str, Any] = {"splits": splits} if splits else {}
-    result = read_dataset(data_dir, format, **options)
+    result = read_dataset(data_dir, format, splits=splits or None, reports_root=reports_root)
     problems = list(result.problems)
     records = _with_text(result.records, problems)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir(data_dir)
@@ -138,6 +140,7 @@ def build_index(
         batch_size=batch_size,
         cache_dir=str(cache_root) if cache_root is not None else None,
         num_workers=num_workers,
+        reports_root=str(reports_root) if reports_root is not None else None,
     )
     with atomic_directory(out, overwrite) as tmp:
         # create() writes its own folder atomically; here it replaces the empty temporary folder.

@@ -104,6 +104,7 @@ class RetrievalRunConfig(Config):
 
     data: str
     format: DatasetFormat = "mimic"
+    reports_root: str | None = None
     model: ModelKind = "dual"
     preset: PresetName = "cpu-demo"
     negatives: Strategy = "R"
@@ -213,7 +214,7 @@ def _read_splits(config: RetrievalRunConfig) -> tuple[list[StudyRecord], list[St
     path = Path(config.data)
     if not path.exists():
         raise InputError(f"dataset {path} not found", "pass the dataset folder with --data")
-    result = read_dataset(path, config.format)
+    result = read_dataset(path, config.format, reports_root=config.reports_root)
     train = [record for record in result.records if record.split == "train"]
     validate = [record for record in result.records if record.split == "validate"]
     if not train:
@@ -737,7 +738,7 @@ def train_retrieval(
     """Train ``config.model`` on the train split of ``config.data`` into ``out``, then validate."""
     out = Path(out)
     if not resume:
-        prepare_output_dir(out, overwrite, inputs=(config.data, config.base))
+        prepare_output_dir(out, overwrite, inputs=(config.data, config.base, config.reports_root))
     _cache_dir(config, out)  # a cache path that cannot be a folder fails before any work or deletion
     base, image_size = _load_base(config) if config.base else (None, 0)
     fusion_config = config.fusion

@@ -212,7 +212,7 @@ def _no_reports_error(expected: int, example: str, root: Path) -> InputError:
         f"none of the {expected} report file(s) exist (e.g. {example}); MIMIC-CXR-JPG has no reports",
         f"unzip mimic-cxr-reports.zip (from MIMIC-CXR, physionet.org/content/mimic-cxr) inside {root}, "
         "so that its files/pNN/pSUBJECT/sSTUDY.txt land beside the image folders; "
-        "or pass reports_root (Python) with the folder where it was unzipped",
+        "or pass --reports-root (reports_root in Python) with the folder where it was unzipped",
     )
 
 
