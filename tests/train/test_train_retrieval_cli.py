@@ -405,3 +405,26 @@ def test_reports_unzipped_outside_the_dataset(
         main(["data", "check", str(data), "--format", "mimic", "--json", "--reports-root", str(reports)]) == 0
     )
     assert json.loads(capsys.readouterr().out)["studies"] == 24
+
+
+def test_a_run_from_before_an_option_existed_resumes(
+    tmp_path: Path, phantom: Path, dual_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint written before a config field was added (here: reports_root) resumes while that
+    option is unset; a field that now has a value (here: augment) is still a different config."""
+
+    def older_run(out: Path, missing: str) -> Path:
+        shutil.copytree(dual_run / "checkpoint-2", out / "checkpoint-2")
+        state = out / "checkpoint-2" / "training_state" / "state.json"
+        document = json.loads(state.read_text())
+        del document["run_config"][missing]
+        state.write_text(json.dumps(document))
+        return out
+
+    capsys.readouterr()
+    unset = older_run(tmp_path / "unset", "reports_root")
+    assert _train("--data", str(phantom), "--out", str(unset), "--resume") == 0
+    assert json.loads((unset / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 4
+    valued = older_run(tmp_path / "valued", "augment")
+    assert _train("--data", str(phantom), "--out", str(valued), "--resume") == 2
+    assert "different config (augment: False now, '<unset>' in the checkpoint)" in _error_line(capsys)

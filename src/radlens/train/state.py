@@ -259,10 +259,16 @@ def read_training_state(folder: Path) -> SavedState:
 
 def config_difference(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
     """The first run-config value that differs (``"train.lr: 0.001 now, 0.0002 in the checkpoint"``),
-    ignoring :data:`RESUMABLE_CHANGES`; ``None`` when the configs agree."""
+    ignoring :data:`RESUMABLE_CHANGES`; ``None`` when the configs agree.
+
+    An option the checkpoint predates matches only when it is unset now (``None``, e.g. a new
+    ``reports_root``): that is how the run was made. One set to a value (say a new default) differs.
+    """
     old, new = _flatten(saved), _flatten(current)
     for key in sorted(set(old) | set(new)):
         if key.rsplit(".", 1)[-1] in RESUMABLE_CHANGES:
+            continue
+        if key not in old and new[key] is None:
             continue
         if old.get(key, "<unset>") != new.get(key, "<unset>"):
             return f"{key}: {new.get(key, '<unset>')!r} now, {old.get(key, '<unset>')!r} in the checkpoint"
