@@ -152,6 +152,8 @@ def test_view_split_and_label_filters(mimic_root: Path) -> None:
     assert both.records == [] and both.problems == []
     combined = read_dataset(mimic_root, "mimic", views=["LATERAL"], splits=["test"])
     assert [r.study_id for r in combined.records] == ["51029426"]
+    # Every ViewPosition MIMIC-CXR-JPG's metadata uses is a valid filter, the rare LPO too.
+    assert read_mimic(mimic_root, views=["lpo", "SWIMMERS", "xtable lateral"]).records == []
 
 
 @pytest.mark.parametrize(

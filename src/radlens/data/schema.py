@@ -46,6 +46,7 @@ VIEW_POSITIONS: tuple[str, ...] = (
     "PA RLD",
     "LAO",
     "RAO",
+    "LPO",
     "SWIMMERS",
     "XTABLE LATERAL",
 )
