@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import uvicorn
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, FilePayload, Page, expect, sync_playwright
 
 from radlens.cli.serve_cmd import bind_socket
 from radlens.data.schema import CHEXPERT_LABELS
@@ -194,3 +194,105 @@ def test_word_highlights_stay_on_their_words_after_an_emoji(page: Page) -> None:
     shaded = marks.all_inner_texts()
     assert [word for word in shaded if word != "🙂"] == ["left", "pleural", "effusion"], shaded
     expect(page.locator("#query-words")).to_have_text(query)  # nothing lost or doubled between the marks
+
+
+def _posts(page: Page, path: str) -> list[str]:
+    """Every POST the page sends to ``path`` from now on (appended as they leave)."""
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.url) if r.method == "POST" and r.url.endswith(path) else None)
+    return sent
+
+
+def _hold_searches(page: Page) -> list[Any]:
+    """Text searches wait in the returned list until the test lets each one through."""
+    held: list[Any] = []
+    page.route("**/api/search", lambda route: held.append(route))
+    return held
+
+
+def test_ctrl_enter_during_a_running_search_does_not_send_it_again(page: Page) -> None:
+    held = _hold_searches(page)
+    sent = _posts(page, "/api/search")
+    page.fill("#query", QUERY)
+    page.click("#search-button")
+    expect(page.locator("#spinner")).to_be_visible()
+    expect(page.locator("#search-button")).to_be_disabled()
+    page.press("#query", "Control+Enter")
+    page.press("#query", "Control+Enter")
+    page.wait_for_timeout(300)
+    assert len(sent) == 1, sent  # the same search, still running: sent once
+    held.pop(0).continue_()
+    expect(page.locator(".card")).to_have_count(12)
+    expect(page.locator("#search-button")).to_be_enabled()
+    page.press("#query", "Control+Enter")  # once answered, the same search may be run again
+    expect(page.locator("#spinner")).to_be_visible()
+    assert len(sent) == 2, sent
+    held.pop(0).continue_()
+    expect(page.locator("#spinner")).to_be_hidden()
+
+
+def test_a_filter_changed_during_the_first_search_applies(page: Page) -> None:
+    """The filters shown must be the filters of the results shown: a change while the first search runs
+    sends it again, and the older answer neither lands nor unlocks the button of the newer search."""
+    held = _hold_searches(page)
+    sent = _posts(page, "/api/search")
+    page.fill("#query", QUERY)
+    page.click("#search-button")
+    expect(page.locator("#spinner")).to_be_visible()
+    page.select_option("#f-k", "6")
+    page.wait_for_timeout(300)
+    assert len(sent) == 2, sent
+    held.pop(0).continue_()  # the superseded answer (12 results) arrives first
+    page.wait_for_timeout(300)
+    expect(page.locator(".card")).to_have_count(0)
+    expect(page.locator("#search-button")).to_be_disabled()
+    expect(page.locator("#status-text")).to_have_text("Searching X-rays…")
+    held.pop(0).continue_()
+    expect(page.locator(".card")).to_have_count(6)
+    expect(page.locator("#search-button")).to_be_enabled()
+    expect(page.locator("#spinner")).to_be_hidden()
+
+
+def test_busy_server_says_when_to_retry(page: Page) -> None:
+    busy = '{"detail": "the server is busy (search queue full); try again in 1 s", "hint": "wait and retry"}'
+    page.route(
+        "**/api/search",
+        lambda route: route.fulfill(status=503, headers={"Retry-After": "1"}, body=busy),
+    )
+    page.fill("#query", QUERY)
+    page.click("#search-button")
+    expect(page.locator("#error")).to_have_text("The server is busy right now. Please try again in 1 second.")
+    expect(page.locator("#spinner")).to_be_hidden()
+    expect(page.locator("#search-button")).to_be_enabled()
+
+
+def test_an_answer_that_is_not_json_is_one_plain_line(page: Page) -> None:
+    """E.g. a proxy's HTML page with status 200: a plain sentence, never a JavaScript parser message,
+    and the spinner stops (the upload's promise used to hang)."""
+    html = "<html><body>Sign in to the proxy</body></html>"
+    unreadable = "The server sent an answer radlens cannot read. Please try again."
+    page.route("**/api/search", lambda route: route.fulfill(status=200, content_type="text/html", body=html))
+    page.fill("#query", QUERY)
+    page.click("#search-button")
+    expect(page.locator("#error")).to_have_text(unreadable)
+    expect(page.locator("#spinner")).to_be_hidden()
+
+    page.route(
+        "**/api/search/image",
+        lambda route: route.fulfill(status=200, content_type="text/html", body=html),
+    )
+    film: FilePayload = {"name": "film.png", "mimeType": "image/png", "buffer": b"\x89PNG\r\n\x1a\n"}
+    page.set_input_files("#file", files=[film])
+    expect(page.locator("#error")).to_have_text(unreadable)
+    expect(page.locator("#spinner")).to_be_hidden()
+
+
+def test_keyboard_focus_on_the_file_input_is_visible(page: Page) -> None:
+    """The file input itself is invisible (opacity 0): when Tab lands on it the drop zone must show the
+    focus ring, or a keyboard user loses track of where focus is."""
+    page.focus("#drop")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "file"
+    expect(page.locator("#drop")).to_have_css("outline-style", "solid")
+    page.focus("#query")
+    expect(page.locator("#drop")).to_have_css("outline-style", "none")

@@ -21,12 +21,25 @@
     explained: new Map(),
     explainSeq: 0,
     searchSeq: 0,
+    pendingText: null, // the text search in flight (its request body), so a repeat is not sent again
+    running: null, // "text" or "image": the search in flight, whose results are about to replace these
     previewUrl: null,
   };
 
   // --- talking to the API -------------------------------------------------------------------------
 
   class ApiError extends Error {}
+
+  const UNREADABLE = "The server sent an answer radlens cannot read. Please try again.";
+
+  // A successful answer's JSON; something else (e.g. an HTML page from a proxy) is a plain error.
+  function parseAnswer(body) {
+    try {
+      return JSON.parse(body);
+    } catch (_) {
+      throw new ApiError(UNREADABLE);
+    }
+  }
 
   async function readError(status, body, retryAfter) {
     let detail = "";
@@ -37,7 +50,8 @@
       hint = typeof data.hint === "string" ? data.hint : "";
     } catch (_) { /* not JSON: fall through to the status text */ }
     if (status === 503) {
-      return `The server is busy right now. Please try again in ${retryAfter || "a few"} seconds.`;
+      const wait = retryAfter === "1" ? "1 second" : `${retryAfter || "a few"} seconds`;
+      return `The server is busy right now. Please try again in ${wait}.`;
     }
     if (status === 413) return `${capital(detail || "the file is too large")}. Choose a smaller image.`;
     if (status === 404) return `${capital(detail || "not found")}.`;
@@ -60,7 +74,7 @@
     if (!response.ok) {
       throw new ApiError(await readError(response.status, body, response.headers.get("Retry-After")));
     }
-    return JSON.parse(body);
+    return parseAnswer(body);
   }
 
   function postJson(path, payload) {
@@ -83,7 +97,11 @@
       xhr.onerror = () => reject(new ApiError("Could not reach the radlens server. Is it still running?"));
       xhr.onload = async () => {
         if (xhr.status >= 200 && xhr.status < 300) {
-          resolve(JSON.parse(xhr.responseText));
+          try {
+            resolve(parseAnswer(xhr.responseText));
+          } catch (error) {
+            reject(error); // a throw here would leave the promise, and the spinner, hanging
+          }
         } else {
           reject(new ApiError(await readError(xhr.status, xhr.responseText, xhr.getResponseHeader("Retry-After"))));
         }
@@ -195,9 +213,12 @@
     return { labels: pick("f-label"), views: pick("f-view"), splits: pick("f-split") };
   }
 
+  // A filter changed: run the search again — the one in flight if any (its answer would no longer
+  // match the filters shown), else the one whose results are shown.
   function rerun() {
-    if (state.mode === "text" && state.query) searchText();
-    else if (state.mode === "image" && state.lastFile) searchImage(state.lastFile);
+    const kind = state.running || state.mode;
+    if (kind === "text" && (state.running || state.query)) searchText();
+    else if (kind === "image" && state.lastFile) searchImage(state.lastFile);
   }
 
   // --- searching ----------------------------------------------------------------------------------
@@ -209,13 +230,17 @@
       $("query").focus();
       return;
     }
+    const payload = { text, k: Number($("f-k").value), filters: filters() };
+    const key = JSON.stringify(payload);
+    if (key === state.pendingText) return; // Ctrl+Enter again while the same search runs: send it once
     const seq = ++state.searchSeq;
+    state.pendingText = key;
+    state.running = "text";
     showError("");
     setStatus("Searching X-rays…", true);
     $("search-button").disabled = true;
     try {
-      const k = Number($("f-k").value);
-      const data = await postJson("/api/search", { text, k, filters: filters() });
+      const data = await postJson("/api/search", payload);
       if (seq !== state.searchSeq) return;
       state.mode = "text";
       state.query = text;
@@ -228,7 +253,11 @@
         showError(error.message);
       }
     } finally {
-      $("search-button").disabled = false;
+      if (seq === state.searchSeq) { // an older answer must not unlock the button of a newer search
+        state.pendingText = null;
+        state.running = null;
+        $("search-button").disabled = false;
+      }
     }
   }
 
@@ -239,6 +268,9 @@
       return;
     }
     const seq = ++state.searchSeq;
+    state.pendingText = null; // this upload replaces any text search in flight
+    state.running = "image";
+    $("search-button").disabled = false;
     state.lastFile = file;
     showError("");
     setStatus("Uploading the image… 0%", true);
@@ -263,6 +295,8 @@
         setStatus("", false);
         showError(error.message);
       }
+    } finally {
+      if (seq === state.searchSeq) state.running = null;
     }
   }
 
