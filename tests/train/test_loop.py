@@ -20,7 +20,7 @@ from radlens.core import Config, InputError
 from radlens.models.checkpoint import load_checkpoint, register_model
 from radlens.train.loop import StepSampler, TrainConfig, Trainer
 from radlens.train.schedule import build_scheduler
-from radlens.train.state import list_checkpoints
+from radlens.train.state import config_difference, list_checkpoints
 
 
 class NetConfig(Config):
@@ -289,3 +289,20 @@ def test_too_little_data_is_an_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="fewer than one batch"):
         _fit(tmp_path / "small", Points(n=3), _config())
     assert not (tmp_path / "small").exists()  # refused before writing anything
+
+
+def test_a_field_the_checkpoint_predates_matches_at_its_legacy_value() -> None:
+    """radlens 0.1 wrote no image_normalization, meaning ImageNet statistics: a resume at that value
+    matches; at another one it is refused, saying what the checkpoint's absence means."""
+    saved = {"model": {"arch": "efficientnet"}}
+    assert (
+        config_difference(saved, {"model": {"arch": "efficientnet", "image_normalization": "imagenet"}})
+        is None
+    )
+    difference = config_difference(
+        saved, {"model": {"arch": "efficientnet", "image_normalization": "inception"}}
+    )
+    assert difference == (
+        "model.image_normalization: 'inception' now; the checkpoint predates this option, which means 'imagenet' "
+        "for it"
+    )

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -428,3 +431,85 @@ def test_a_run_from_before_an_option_existed_resumes(
     valued = older_run(tmp_path / "valued", "augment")
     assert _train("--data", str(phantom), "--out", str(valued), "--resume") == 2
     assert "different config (augment: False now, '<unset>' in the checkpoint)" in _error_line(capsys)
+
+
+def test_a_radlens_0_1_run_resumes_with_the_normalization_it_started_with(
+    tmp_path: Path, phantom: Path, dual_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """radlens 0.1 wrote no image_normalization (it meant ImageNet statistics): its run resumes as
+    'imagenet', never with 0.2's default, and an explicit other value is refused, naming 'imagenet'."""
+
+    def run_0_1(out: Path) -> Path:
+        shutil.copytree(dual_run / "checkpoint-2", out / "checkpoint-2")
+        for path in (
+            out / "checkpoint-2" / "config.json",
+            out / "checkpoint-2" / "training_state" / "state.json",
+        ):
+            document = json.loads(path.read_text())
+            section = document["run_config"]["dual_encoder"] if "run_config" in document else document
+            del section["image_normalization"]
+            path.write_text(json.dumps(document))
+        return out
+
+    capsys.readouterr()
+    resumed = run_0_1(tmp_path / "resumed")
+    assert _train("--out", str(resumed), "--resume") == 0
+    model = load_checkpoint(resumed)
+    assert isinstance(model, DualEncoder) and model.config.image_normalization == "imagenet"
+    assert (
+        json.loads((resumed / "checkpoint-4" / "training_state" / "state.json").read_text())["run_config"][
+            "dual_encoder"
+        ]["image_normalization"]
+        == "imagenet"
+    )
+    rows = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    full = [json.loads(line) for line in (dual_run / "metrics.jsonl").read_text().splitlines()]
+    # the tiny from-scratch tower normalises with 0.5/0.5 either way, so the curve is the run's own
+    np.testing.assert_allclose([r["loss"] for r in rows], [r["loss"] for r in full], atol=1e-6, rtol=0)
+
+    refused = run_0_1(tmp_path / "refused")
+    changed = write_yaml(tmp_path / "inception.yaml", {"dual_encoder": {"image_normalization": "inception"}})
+    assert _train("--out", str(refused), "--resume", "--config", str(changed)) == 2
+    assert "dual_encoder.image_normalization: 'inception' now, 'imagenet' in the checkpoint" in _error_line(
+        capsys
+    )
+
+
+@pytest.mark.slow
+def test_two_processes_train_a_new_run_and_resume_it_exactly(
+    tmp_path: Path, phantom: Path, dual_yaml: Path
+) -> None:
+    """torchrun with 2 CPU processes (gloo): a fresh --out is checked by the first process only (each
+    used to check it, and the second found the first one's image cache and refused the folder), the
+    checkpoints record 2 processes, and a resume from step 2 logs the same losses and ends at the same
+    weights."""
+
+    def train(*args: str) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+        ]
+        command += ["-m", "radlens.cli", "-q", "train", "retrieval", *args]
+        env = os.environ | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    train("--data", str(phantom), "--out", str(full), "--config", str(dual_yaml))
+    state = json.loads((full / "checkpoint-4" / "training_state" / "state.json").read_text())
+    assert state["num_processes"] == 2
+    rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]  # one process writes the log
+    assert (full / "image-cache").is_dir() and (full / "validation.json").is_file()
+    killed.mkdir()
+    shutil.copytree(full / "checkpoint-2", killed / "checkpoint-2")
+    train("--out", str(killed), "--resume")
+    resumed = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose([r["loss"] for r in resumed], [r["loss"] for r in rows], atol=1e-6, rtol=0)
+    expected, got = load_checkpoint(full).state_dict(), load_checkpoint(killed).state_dict()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, atol=1e-6, rtol=0)

@@ -145,7 +145,7 @@ def _split_tied(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
 #: Config fields older radlens versions did not write, with the value their absence means: the behaviour
 #: those versions had. ``image_normalization`` (radlens 0.2): radlens 0.1 normalised the
 #: ImageNet-initialised EfficientNet-Lite0's input with ImageNet mean/std.
-_LEGACY_VALUES: dict[str, Any] = {"image_normalization": "imagenet"}
+LEGACY_VALUES: dict[str, Any] = {"image_normalization": "imagenet"}
 
 
 def _config_sections(values: dict[str, Any]) -> list[dict[str, Any]]:
@@ -159,7 +159,7 @@ def _canonical_config(model_type: str, config: Config) -> str:
     # A field at its legacy value is left out, so a checkpoint written before the field existed keeps
     # its fingerprint, and the indexes built with it still open.
     for section in _config_sections(values):
-        for name, legacy in _LEGACY_VALUES.items():
+        for name, legacy in LEGACY_VALUES.items():
             if name in section and section[name] == legacy:
                 del section[name]
     return json.dumps({"model_type": model_type, **values}, sort_keys=True)
@@ -250,14 +250,14 @@ def read_checkpoint_info(folder: str | os.PathLike[str]) -> CheckpointInfo:
     )
 
 
-def _upgrade_legacy_config(config_class: type[Config], document: dict[str, Any]) -> dict[str, Any]:
-    """Fill the :data:`_LEGACY_VALUES` fields an older radlens did not write, so its checkpoints keep
+def upgrade_legacy_config(config_class: type[Config], document: dict[str, Any]) -> dict[str, Any]:
+    """Fill the :data:`LEGACY_VALUES` fields an older radlens did not write, so its checkpoints keep
     computing exactly what they were trained to (a fusion model's ``aligner`` too)."""
     upgraded = dict(document)
     if isinstance(upgraded.get("aligner"), dict):
         upgraded["aligner"] = dict(upgraded["aligner"])  # filled below: never the caller's dict
     for section in _config_sections(upgraded):
-        for name, legacy in _LEGACY_VALUES.items():
+        for name, legacy in LEGACY_VALUES.items():
             # an aligner is a dual-encoder config, which has every such field
             if section is not upgraded or name in config_class.model_fields:
                 section.setdefault(name, legacy)
@@ -267,7 +267,7 @@ def _upgrade_legacy_config(config_class: type[Config], document: dict[str, Any])
 def _load_config(info: CheckpointInfo, cls: type[nn.Module]) -> Config:
     config_class = cast(_Registrable, cls).config_class
     try:
-        return config_class.model_validate(_upgrade_legacy_config(config_class, info.config))
+        return config_class.model_validate(upgrade_legacy_config(config_class, info.config))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "(top level)"

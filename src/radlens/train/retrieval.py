@@ -27,7 +27,8 @@ from typing import Any, Literal, Self
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate.utils import set_seed
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env, set_seed
 from pydantic import Field, ValidationError, model_validator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -49,7 +50,12 @@ from radlens.data.schema import Problem, StudyRecord
 from radlens.data.transforms import ResizePolicy, train_augmentation
 from radlens.metrics.retrieval import retrieval_report
 from radlens.models import eval_mode
-from radlens.models.checkpoint import load_checkpoint, model_fingerprint, read_checkpoint_info
+from radlens.models.checkpoint import (
+    load_checkpoint,
+    model_fingerprint,
+    read_checkpoint_info,
+    upgrade_legacy_config,
+)
 from radlens.models.dual_encoder import DualEncoder, DualEncoderConfig, contrastive_loss
 from radlens.models.fusion import (
     IGNORE_INDEX,
@@ -175,7 +181,8 @@ def resolve_config(
         saved = saved_run_config(out)
         if saved is None:
             raise InputError(f"no checkpoint to resume in {out}", "start without --resume (or check --out)")
-        base: dict[str, Any] = saved
+        # A run from before an option existed continues as it was made (radlens 0.1: ImageNet statistics)
+        base: dict[str, Any] = _upgrade_legacy_sections(saved)
     else:
         layered = deep_merge(from_file, given)
         model, preset = layered.get("model", "dual"), layered.get("preset", "cpu-demo")
@@ -199,6 +206,16 @@ def resolve_config(
                 "resume with the options of the interrupted run, or start a new run",
             )
     return config
+
+
+def _upgrade_legacy_sections(saved: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` with the model-config fields an older radlens did not write filled with the value their
+    absence means (:func:`radlens.models.checkpoint.upgrade_legacy_config`)."""
+    upgraded = dict(saved)
+    for section, config_class in (("dual_encoder", DualEncoderConfig), ("fusion", FusionConfig)):
+        if isinstance(upgraded.get(section), dict):
+            upgraded[section] = upgrade_legacy_config(config_class, upgraded[section])
+    return upgraded
 
 
 def _invalid(error: ValidationError) -> tuple[str, str]:
@@ -737,7 +754,11 @@ def train_retrieval(
 ) -> RetrievalSummary:
     """Train ``config.model`` on the train split of ``config.data`` into ``out``, then validate."""
     out = Path(out)
-    if not resume:
+    # Under accelerate launch / torchrun every process runs this; the first alone checks --out (and,
+    # with --overwrite, empties it) and the others write nothing before it has (a second check would
+    # find the first one's writes and refuse the folder).
+    processes = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator reads it
+    if not resume and processes.is_main_process:
         prepare_output_dir(out, overwrite, inputs=(config.data, config.base, config.reports_root))
     _cache_dir(config, out)  # a cache path that cannot be a folder fails before any work or deletion
     base, image_size = _load_base(config) if config.base else (None, 0)
@@ -762,8 +783,9 @@ def train_retrieval(
             f"{len(train)} training studies, fewer than one batch of {config.train.batch_size}",
             "lower train.batch_size in --config or use more data",
         )
-    if not resume and overwrite and out.exists():
+    if not resume and overwrite and out.exists() and processes.is_main_process:
         shutil.rmtree(out)  # --overwrite: the old run goes (only once the inputs are known to be good)
+    processes.wait_for_everyone()
     train_set, val_set, data_problems = _datasets(config, out, image_size, train, validate)
     problems += data_problems
     notes: list[str] = []
@@ -789,5 +811,6 @@ def train_retrieval(
         validation = validate_metric(base, projection, val_set, batch) if len(val_set) > 1 else {}
     if not validation:
         notes.append(f"no validation: the validate split has {len(val_set)} usable studies (2 needed)")
-    atomic_write_text(out / VALIDATION_NAME, json.dumps(validation, indent=2) + "\n")
+    if processes.is_main_process:
+        atomic_write_text(out / VALIDATION_NAME, json.dumps(validation, indent=2) + "\n")
     return RetrievalSummary(config, result, validation, len(train_set), len(val_set), problems, notes)

@@ -37,6 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from radlens.core import InputError, atomic_write_text
+from radlens.models.checkpoint import LEGACY_VALUES
 
 STATE_DIR = "training_state"
 STATE_FORMAT = 1
@@ -45,6 +46,7 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 RESUMABLE_CHANGES = frozenset(
     {"num_workers", "log_every", "checkpoint_every", "keep_checkpoints", "log_with"}
 )
+_NO_LEGACY = object()
 
 
 def checkpoint_dir(out_dir: Path, step: int) -> Path:
@@ -262,15 +264,24 @@ def config_difference(saved: Mapping[str, Any], current: Mapping[str, Any]) -> s
     ignoring :data:`RESUMABLE_CHANGES`; ``None`` when the configs agree.
 
     An option the checkpoint predates matches only when it is unset now (``None``, e.g. a new
-    ``reports_root``): that is how the run was made. One set to a value (say a new default) differs.
+    ``reports_root``) or at the value its absence means
+    (:data:`radlens.models.checkpoint.LEGACY_VALUES`, e.g. ``image_normalization: imagenet`` for a
+    radlens 0.1 run): that is how the run was made. One set to another value (say a new default) differs.
     """
     old, new = _flatten(saved), _flatten(current)
     for key in sorted(set(old) | set(new)):
-        if key.rsplit(".", 1)[-1] in RESUMABLE_CHANGES:
+        name = key.rsplit(".", 1)[-1]
+        if name in RESUMABLE_CHANGES:
             continue
-        if key not in old and new[key] is None:
+        legacy = LEGACY_VALUES.get(name, _NO_LEGACY)
+        if key not in old and (new[key] is None or new[key] == legacy):
             continue
         if old.get(key, "<unset>") != new.get(key, "<unset>"):
+            if key not in old and legacy is not _NO_LEGACY:
+                return (
+                    f"{key}: {new[key]!r} now; the checkpoint predates this option, which means {legacy!r} "
+                    "for it"
+                )
             return f"{key}: {new.get(key, '<unset>')!r} now, {old.get(key, '<unset>')!r} in the checkpoint"
     return None
 
